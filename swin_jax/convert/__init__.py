@@ -1,0 +1,10 @@
+"""PyTorch checkpoints <-> swin_jax params (official and timm layouts)."""
+
+from swin_jax.convert.head_map import map_22k_to_1k
+from swin_jax.convert.resize import resize_bias_table
+from swin_jax.convert.torch_checkpoint import (CheckpointMismatchError, abstract_params,
+                                               export_torch_state_dict, init_params,
+                                               load_torch_checkpoint)
+
+__all__ = ["CheckpointMismatchError", "abstract_params", "export_torch_state_dict",
+           "init_params", "load_torch_checkpoint", "map_22k_to_1k", "resize_bias_table"]

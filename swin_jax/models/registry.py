@@ -1,0 +1,79 @@
+"""Named Swin variants (timm's names) with the official hyper-parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from swin_jax.models.swin import SwinTransformer
+
+# name -> constructor fields. Depths/heads/dims/windows/drop-path from the official configs
+# (configs/swin/*.yaml); drop-path rates are those of the ImageNet-1K recipes.
+_V1_TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_V1_SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+_V1_BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+_V1_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+
+MODEL_CONFIGS: dict[str, dict[str, Any]] = {
+    "swin_tiny_patch4_window7_224": dict(**_V1_TINY, img_size=224, window_size=7,
+                                         drop_path_rate=0.2),
+    "swin_small_patch4_window7_224": dict(**_V1_SMALL, img_size=224, window_size=7,
+                                          drop_path_rate=0.3),
+    "swin_base_patch4_window7_224": dict(**_V1_BASE, img_size=224, window_size=7,
+                                         drop_path_rate=0.5),
+    "swin_base_patch4_window12_384": dict(**_V1_BASE, img_size=384, window_size=12,
+                                          drop_path_rate=0.5),
+    # Swin-L was only trained through 22K pretraining; 0.2 is its 22K/22K->1K rate.
+    "swin_large_patch4_window7_224": dict(**_V1_LARGE, img_size=224, window_size=7,
+                                          drop_path_rate=0.2),
+    "swin_large_patch4_window12_384": dict(**_V1_LARGE, img_size=384, window_size=12,
+                                           drop_path_rate=0.2),
+}
+
+ALIASES = {
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224",
+    "swin_l": "swin_large_patch4_window7_224",
+}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def list_models() -> list[str]:
+  """All model names ``create_model`` accepts (aliases last)."""
+  return sorted(MODEL_CONFIGS) + sorted(ALIASES)
+
+
+def resolve_name(name: str) -> str:
+  """Alias -> full timm-style name; raises a ValueError listing the choices."""
+  name = ALIASES.get(name, name)
+  if name not in MODEL_CONFIGS:
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
+  return name
+
+
+def model_config(name: str, **overrides: Any) -> dict[str, Any]:
+  """The constructor fields of ``name`` with ``overrides`` applied (validated by name)."""
+  config = dict(MODEL_CONFIGS[resolve_name(name)])
+  fields = {f.name for f in dataclasses.fields(SwinTransformer)} - {"parent", "name"}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f"unknown override(s) {unknown} for {name}; valid fields: {sorted(fields)}")
+  config.update(overrides)
+  if isinstance(config.get("dtype"), str):
+    if config["dtype"] not in _DTYPES:
+      raise ValueError(f"dtype {config['dtype']!r} not one of {sorted(_DTYPES)}")
+    config["dtype"] = _DTYPES[config["dtype"]]
+  return config
+
+
+def create_model(name: str, **overrides: Any) -> SwinTransformer:
+  """A Flax Linen ``SwinTransformer`` for ``name`` (see ``list_models()``).
+
+  Overrides are any constructor field, e.g. ``num_classes=21841``, ``img_size=384``,
+  ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``.
+  """
+  return SwinTransformer(**model_config(name, **overrides))

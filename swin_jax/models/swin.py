@@ -1,0 +1,235 @@
+"""The Swin Transformer backbone and classifier (official V1 numerics), NHWC.
+
+Param tree mirrors the official PyTorch names (``layers_0/blocks_1/attn/qkv``,
+``layers_0/downsample/reduction``, ``patch_embed/proj``, ``norm``, ``head``), so that
+conversion is a key rename plus layout transposes (see ``swin_jax.convert``).
+
+Input sizes: the window clamp of each stage is fixed at construction from ``img_size``
+(as in the official code and timm); at run time any size that is a multiple of the patch
+size works: feature maps are zero-padded to the window (after the cyclic shift) and odd
+maps are padded before a merge, exactly like timm with ``strict_img_size=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from swin_jax.models import attention
+from swin_jax.models import layers
+from swin_jax.models import window as window_ops
+
+Dtype = Any
+Pair = window_ops.Pair
+
+
+class SwinTransformerBlock(nn.Module):
+  """Pre-norm block ``(B, H, W, C) -> (B, H, W, C)``: (shifted) window attention, then MLP.
+
+  ``window`` and ``shift`` are already clamped for this stage's resolution.
+  """
+  dim: int
+  num_heads: int
+  window: Pair
+  shift: Pair
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.norm1 = layers.LayerNorm(dtype=self.dtype)
+    self.attn = attention.WindowAttention(
+        self.dim, self.num_heads, self.window, qkv_bias=self.qkv_bias,
+        attn_drop_rate=self.attn_drop_rate, proj_drop_rate=self.drop_rate, dtype=self.dtype)
+    self.drop_path = layers.DropPath(self.drop_path_rate)
+    self.norm2 = layers.LayerNorm(dtype=self.dtype)
+    self.mlp = layers.Mlp(int(self.dim * self.mlp_ratio), self.dim, self.drop_rate, self.dtype)
+
+  def window_attention(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """Shift, pad to the window, attend per window, then undo all three. ``(B, H, W, C)``."""
+    _, h, w, c = x.shape
+    shifted = any(self.shift)
+    if shifted:
+      x = window_ops.cyclic_shift(x, self.shift)
+    # Padding comes after the roll and is cropped before the un-roll (timm's order).
+    pad_h = window_ops.padding_to_multiple(h, self.window[0])
+    pad_w = window_ops.padding_to_multiple(w, self.window[1])
+    x = window_ops.pad_bottom_right(x, pad_h, pad_w)
+    hp, wp = h + pad_h, w + pad_w
+    mask = window_ops.shift_mask(hp, wp, self.window, self.shift) if shifted else None
+    num_windows = (hp // self.window[0]) * (wp // self.window[1])
+    windows = window_ops.window_partition(x, self.window)
+    windows = self.attn(windows, mask, num_windows, train)
+    x = window_ops.window_reverse(windows, self.window, hp, wp)[:, :h, :w, :]
+    if shifted:
+      x = window_ops.reverse_cyclic_shift(x, self.shift)
+    return x
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = x + self.drop_path(self.window_attention(self.norm1(x), train), train)
+    return x + self.drop_path(self.mlp(self.norm2(x), train), train)
+
+
+class SwinStage(nn.Module):
+  """Blocks alternating W-MSA / SW-MSA, then an optional PatchMerging.
+
+  ``windows[j]`` / ``shifts[j]`` give block j's (clamped) window and shift.
+  Returns ``(features, output)``: the blocks' output ``(B, H, W, C)`` (what dense heads use)
+  and the merged map ``(B, H/2, W/2, 2C)`` (or the features again for the last stage).
+  """
+  dim: int
+  num_heads: int
+  windows: Sequence[Pair]
+  shifts: Sequence[Pair]
+  drop_path_rates: Sequence[float]
+  downsample_dim: int | None = None
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.blocks = [
+        SwinTransformerBlock(
+            self.dim, self.num_heads, window, shift, mlp_ratio=self.mlp_ratio,
+            qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
+            attn_drop_rate=self.attn_drop_rate, drop_path_rate=float(rate), dtype=self.dtype)
+        for window, shift, rate in zip(self.windows, self.shifts, self.drop_path_rates)
+    ]
+    if self.downsample_dim is not None:
+      self.downsample = layers.PatchMerging(self.downsample_dim, dtype=self.dtype)
+
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+    for block in self.blocks:
+      x = block(x, train)
+    if self.downsample_dim is None:
+      return x, x
+    return x, self.downsample(x)
+
+
+class SwinTransformer(nn.Module):
+  """Swin Transformer: ``images (B, H, W, in_chans) float32 -> logits (B, num_classes)``.
+
+  ``num_classes=0`` returns the pooled, normalised features ``(B, 8C)`` instead.
+  ``features()`` returns the four stage outputs for dense heads (see its docstring).
+  """
+  img_size: int | Sequence[int] = 224
+  patch_size: int = 4
+  in_chans: int = 3
+  num_classes: int = 1000
+  embed_dim: int = 96
+  depths: Sequence[int] = (2, 2, 6, 2)
+  num_heads: Sequence[int] = (3, 6, 12, 24)
+  window_size: int | Sequence[int] = 7
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.1
+  ape: bool = False
+  patch_norm: bool = True
+  # LayerNorm each stage output in ``features()`` (params ``norm0..norm3``, the official
+  # detection/segmentation backbone's names).
+  feature_norm: bool = False
+  dtype: Dtype = jnp.float32
+
+  @property
+  def patch_grid(self) -> Pair:
+    """Token grid after patch embedding at the construction size ``img_size``."""
+    h, w = window_ops.to_pair(self.img_size)
+    return h // self.patch_size, w // self.patch_size
+
+  def stage_resolutions(self) -> list[Pair]:
+    """Construction-time resolution of each stage (floor-halved, as timm) -> window clamp."""
+    gh, gw = self.patch_grid
+    return [(gh // 2**i, gw // 2**i) for i in range(len(self.depths))]
+
+  def block_geometry(self, stage: int, block: int) -> tuple[Pair, Pair]:
+    """``(window, shift)`` of a block after the official clamp: odd blocks shift by half."""
+    window = window_ops.to_pair(self.window_size)
+    shift = (window[0] // 2, window[1] // 2) if block % 2 else (0, 0)
+    return window_ops.clamp_window(self.stage_resolutions()[stage], window, shift)
+
+  def setup(self):
+    num_stages = len(self.depths)
+    if len(self.num_heads) != num_stages:
+      raise ValueError(f"depths {tuple(self.depths)} and num_heads {tuple(self.num_heads)} "
+                       "must have one entry per stage")
+    self.patch_embed = layers.PatchEmbed(self.patch_size, self.embed_dim, self.in_chans,
+                                         self.patch_norm, self.dtype)
+    if self.ape:
+      gh, gw = self.patch_grid
+      self.absolute_pos_embed = self.param("absolute_pos_embed", layers.trunc_normal_init,
+                                           (1, gh * gw, self.embed_dim), jnp.float32)
+    self.pos_drop = nn.Dropout(self.drop_rate)
+    rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
+    starts = np.cumsum([0, *self.depths])
+    stages = []
+    for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
+      dim = self.embed_dim * 2**i
+      windows, shifts = zip(*(self.block_geometry(i, j) for j in range(depth)))
+      stages.append(SwinStage(
+          dim, heads, windows, shifts, tuple(rates[starts[i]:starts[i + 1]]),
+          downsample_dim=2 * dim if i < num_stages - 1 else None, mlp_ratio=self.mlp_ratio,
+          qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
+          attn_drop_rate=self.attn_drop_rate, dtype=self.dtype))
+    self.layers = stages
+    if self.feature_norm:
+      for i in range(num_stages):
+        setattr(self, f"norm{i}", layers.LayerNorm(dtype=self.dtype))
+    self.norm = layers.LayerNorm(dtype=self.dtype)
+    self.head_drop = nn.Dropout(self.drop_rate)
+    if self.num_classes > 0:
+      self.head = layers.dense(self.num_classes, "head", self.dtype)
+
+  @property
+  def num_features(self) -> int:
+    return self.embed_dim * 2**(len(self.depths) - 1)
+
+  def embed(self, images: jnp.ndarray, train: bool) -> jnp.ndarray:
+    """``(B, H, W, in_chans) -> (B, H/p, W/p, C)`` tokens, position-embedded."""
+    x = self.patch_embed(images)
+    if self.ape:
+      b, h, w, c = x.shape
+      if (h, w) != self.patch_grid:
+        raise ValueError(f"absolute position embedding is fixed to img_size {self.img_size}; "
+                         f"got an image of {h * self.patch_size}x{w * self.patch_size}")
+      x = x + self.absolute_pos_embed.reshape(1, h, w, c).astype(x.dtype)
+    return self.pos_drop(x, deterministic=not train)
+
+  def features(self, images: jnp.ndarray, train: bool = False) -> list[jnp.ndarray]:
+    """The four stage outputs ``[(B, H/4, W/4, C), ..., (B, H/32, W/32, 8C)]``, NHWC.
+
+    Taken before each stage's PatchMerging (the official dense-task backbone). With
+    ``feature_norm=True`` each passes through its own LayerNorm ``norm{i}``.
+    Use as ``model.apply(variables, images, method=model.features)``.
+    """
+    x = self.embed(images, train)
+    outputs = []
+    for i, stage in enumerate(self.layers):
+      feature, x = stage(x, train)
+      if self.feature_norm:
+        feature = getattr(self, f"norm{i}")(feature)
+      outputs.append(feature)
+    return outputs
+
+  def pooled_features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Final LayerNorm, then mean over tokens: ``(B, H, W, 3) -> (B, 8C)``."""
+    x = self.embed(images, train)
+    for stage in self.layers:
+      _, x = stage(x, train)
+    return self.norm(x).mean(axis=(1, 2))
+
+  def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = self.pooled_features(images, train)
+    if self.num_classes == 0:
+      return x.astype(jnp.float32)
+    x = self.head_drop(x, deterministic=not train)
+    return self.head(x).astype(jnp.float32)
