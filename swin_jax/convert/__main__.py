@@ -1,0 +1,68 @@
+"""Convert a PyTorch Swin checkpoint to swin_jax params, or export params back to PyTorch.
+
+  python -m swin_jax.convert --checkpoint swin_tiny_patch4_window7_224.pth \
+      --model swin_tiny_patch4_window7_224 --out converted/swin_t
+  python -m swin_jax.convert --checkpoint swin_base_patch4_window7_224_22k.pth \
+      --model swin_base_patch4_window12_384 --out converted/swin_b_384   # W7 -> W12, 22K -> 1K
+  python -m swin_jax.convert --params converted/swin_t --to_torch swin_t.pth [--layout timm]
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from swin_jax.convert import params_dir
+from swin_jax.convert.torch_checkpoint import export_torch_state_dict, load_torch_checkpoint
+from swin_jax.models import registry
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint (.pth/.pt/.bin/.safetensors/.npz).")
+flags.DEFINE_string("model", None, f"Model name, one of: {', '.join(registry.list_models())}.")
+flags.DEFINE_string("out", None, "Directory to write the converted params to.")
+flags.DEFINE_integer("num_classes", None, "Override the model's number of classes.")
+flags.DEFINE_integer("img_size", None, "Override the model's image size.")
+flags.DEFINE_integer("window_size", None, "Override the model's window size.")
+flags.DEFINE_bool("strict", True, "Fail on any missing/unexpected/mis-shaped key.")
+flags.DEFINE_string("params", None, "Converted-params directory to export (with --to_torch).")
+flags.DEFINE_string("to_torch", None, "Write the params of --params as a PyTorch .pth here.")
+flags.DEFINE_enum("layout", "official", ["official", "timm"], "Key layout of --to_torch.")
+
+
+def _to_jax() -> None:
+  if not (FLAGS.checkpoint and FLAGS.model and FLAGS.out):
+    raise app.UsageError("converting needs --checkpoint, --model and --out")
+  overrides = {k: getattr(FLAGS, k) for k in ("num_classes", "img_size", "window_size")
+               if getattr(FLAGS, k) is not None}
+  model = registry.create_model(FLAGS.model, **overrides)
+  params = load_torch_checkpoint(FLAGS.checkpoint, model, strict=FLAGS.strict)
+  out = params_dir.save_params_dir(FLAGS.out, params, FLAGS.model, overrides)
+  logging.info("wrote %s (%s)", out, registry.resolve_name(FLAGS.model))
+  print(f"converted {FLAGS.checkpoint} -> {out}")
+
+
+def _to_torch() -> None:
+  import torch  # pylint: disable=import-outside-toplevel
+  model, params = params_dir.load_params_dir(FLAGS.params)
+  state_dict = export_torch_state_dict(params, model, layout=FLAGS.layout,
+                                       include_buffers=FLAGS.layout == "official", to_torch=True)
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.to_torch)), exist_ok=True)
+  torch.save({"model": state_dict} if FLAGS.layout == "official" else state_dict,
+             FLAGS.to_torch)
+  print(f"exported {FLAGS.params} -> {FLAGS.to_torch} ({FLAGS.layout} layout)")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.to_torch or FLAGS.params:
+    if not (FLAGS.to_torch and FLAGS.params):
+      raise app.UsageError("exporting needs both --params and --to_torch")
+    _to_torch()
+  else:
+    _to_jax()
+
+
+if __name__ == "__main__":
+  app.run(main)
