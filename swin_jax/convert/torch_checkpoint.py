@@ -104,7 +104,8 @@ def _adapt(key: str, path: Path, value: np.ndarray, target_shape: tuple[int, ...
     stage, block = (int(p.split("_")[1]) for p in path[:2])
     window, _ = model.block_geometry(stage, block)
     sides = (2 * window[0] - 1, 2 * window[1] - 1)
-    logging.info("resizing %s %s -> %s (bicubic)", key, value.shape, target_shape)
+    logging.warning("window differs from the checkpoint's: resizing %s %s -> %s (bicubic)",
+                    key, value.shape, target_shape)
     return resize.resize_bias_table(value, sides)
   if (path[0] == "head" and value.shape[-1 if path[-1] == "kernel" else 0] ==
       head_map.NUM_CLASSES_22K and model.num_classes == head_map.NUM_CLASSES_1K):

@@ -147,9 +147,12 @@ class SwinTransformer(nn.Module):
     return h // self.patch_size, w // self.patch_size
 
   def stage_resolutions(self) -> list[Pair]:
-    """Construction-time resolution of each stage (floor-halved, as timm) -> window clamp."""
+    """Construction-time resolution of each stage -> its window clamp.
+
+    Halved with rounding up, because PatchMerging pads odd maps (as timm does).
+    """
     gh, gw = self.patch_grid
-    return [(gh // 2**i, gw // 2**i) for i in range(len(self.depths))]
+    return [(-(-gh // 2**i), -(-gw // 2**i)) for i in range(len(self.depths))]
 
   def block_geometry(self, stage: int, block: int) -> tuple[Pair, Pair]:
     """``(window, shift)`` of a block after the official clamp: odd blocks shift by half."""
