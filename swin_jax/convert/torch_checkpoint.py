@@ -36,12 +36,8 @@ class CheckpointMismatchError(ValueError):
 
 
 def _init_fn(model: SwinTransformer):
-  """``init(rng, images)`` creating every param, feature norms included."""
-  def init(rng, images):
-    if model.feature_norm:
-      return model.init(rng, images, method=lambda m, x: (m(x), m.features(x)))
-    return model.init(rng, images)
-  return init
+  """``init(rng, images)`` creating every param (feature norms included, see swin.py)."""
+  return model.init
 
 
 def _example_images(model: SwinTransformer) -> jax.ShapeDtypeStruct:

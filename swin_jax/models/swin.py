@@ -226,8 +226,11 @@ class SwinTransformer(nn.Module):
   def pooled_features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Final LayerNorm, then mean over tokens: ``(B, H, W, 3) -> (B, 8C)``."""
     x = self.embed(images, train)
-    for stage in self.layers:
-      _, x = stage(x, train)
+    for i, stage in enumerate(self.layers):
+      feature, x = stage(x, train)
+      if self.feature_norm:
+        # Unused here (XLA drops it), but makes model.init create norm0..norm3 as well.
+        getattr(self, f"norm{i}")(feature)
     return self.norm(x).mean(axis=(1, 2))
 
   def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
