@@ -1,0 +1,246 @@
+"""The optimizer recipe (spec section 5) against timm / torch.optim where they exist."""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from swin_jax.models import SwinTransformer
+from swin_jax.train import config as config_lib
+from swin_jax.train import optimizer as opt_lib
+
+TINY = dict(img_size=32, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4,
+            num_classes=10)
+
+
+def make_config(**optimizer):
+  config = config_lib.base_config()
+  config.batch_size = 512
+  config.optimizer.update(optimizer)
+  return config
+
+
+def tiny_params(**overrides):
+  model = SwinTransformer(**{**TINY, **overrides})
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  return shapes["params"]
+
+
+def flat(tree):
+  return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+# ---------------------------------------------------------------------------------------
+# Learning rates.
+
+
+def test_learning_rates_scale_linearly_with_images_per_update():
+  opt = make_config().optimizer
+  np.testing.assert_allclose(opt_lib.scaled_learning_rates(opt, 1024), (1e-3, 1e-6, 1e-5))
+  opt.grad_accum_steps = 2
+  np.testing.assert_allclose(opt_lib.scaled_learning_rates(opt, 512), (1e-3, 1e-6, 1e-5))
+
+
+def timm_lrs(lr, warmup_lr, min_lr, warmup, total, steps):
+  """The official scheduler: timm CosineLRScheduler stepped per iteration."""
+  import torch
+  from timm.scheduler.cosine_lr import CosineLRScheduler
+  torch_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+  scheduler = CosineLRScheduler(torch_opt, t_initial=total - warmup, lr_min=min_lr,
+                                warmup_lr_init=warmup_lr, warmup_t=warmup, cycle_limit=1,
+                                t_in_epochs=False, warmup_prefix=True)
+  out = []
+  for t in range(steps):
+    scheduler.step_update(t)
+    out.append(torch_opt.param_groups[0]["lr"])
+  return np.array(out)
+
+
+def test_cosine_schedule_matches_timm_per_iteration():
+  # 10 warmup + 40 cosine updates, then 5 more past the end (timm stays at min_lr).
+  opt = make_config(warmup_epochs=2.0).optimizer
+  schedule = opt_lib.learning_rate_schedule(opt, 1024, total_updates=50, updates_per_epoch=5)
+  expected = timm_lrs(1e-3, 1e-6, 1e-5, warmup=10, total=50, steps=55)
+  ours = np.array([schedule(t) for t in range(55)])
+  assert np.max(np.abs(ours - expected) / expected) < 1e-9
+  assert ours[0] == 1e-6 and ours[10] == 1e-3 and ours[50] == ours[54] == 1e-5
+  # Inside jit (as optax calls it) the same curve in float32.
+  traced = jax.jit(jax.vmap(schedule))(jnp.arange(55))
+  np.testing.assert_allclose(traced, expected, rtol=1e-5)
+
+
+def test_linear_and_constant_schedules_after_warmup():
+  linear = opt_lib.learning_rate_schedule(make_config(warmup_epochs=1.0, schedule="linear")
+                                          .optimizer, 512, 30, 10)
+  np.testing.assert_allclose([linear(t) for t in (0, 5, 10, 20, 30, 40)],
+                             [5e-7, 5e-7 + 5 * (5e-4 - 5e-7) / 10, 5e-4,
+                              (5e-4 + 5e-6) / 2, 5e-6, 5e-6], rtol=1e-12)
+  constant = opt_lib.learning_rate_schedule(make_config(warmup_epochs=1.0,
+                                                        schedule="constant").optimizer,
+                                            512, 30, 10)
+  assert [constant(t) for t in (10, 29, 100)] == [5e-4] * 3
+
+
+def test_schedule_errors_name_the_problem():
+  with pytest.raises(ValueError, match="warmup takes 20"):
+    opt_lib.learning_rate_schedule(make_config(warmup_epochs=2.0).optimizer, 512, 20, 10)
+  with pytest.raises(ValueError, match="'step'"):
+    opt_lib.learning_rate_schedule(make_config(schedule="step").optimizer, 512, 20, 10)
+
+
+# ---------------------------------------------------------------------------------------
+# Weight-decay mask and layer decay.
+
+
+def test_weight_decay_mask_on_swin_v1_params():
+  mask = flat(opt_lib.weight_decay_mask(tiny_params(ape=True)))
+  decayed = sorted(k for k, v in mask.items() if v)
+  kernels = [f"layers_{i}/blocks_{j}/{m}/kernel" for i in range(2) for j in range(2)
+             for m in ("attn/proj", "attn/qkv", "mlp/fc1", "mlp/fc2")]
+  assert decayed == sorted(kernels + ["head/kernel", "layers_0/downsample/reduction/kernel",
+                                      "patch_embed/proj/kernel"])
+  # The 2-D and 3-D tables are excluded by name, not by rank.
+  assert not mask["absolute_pos_embed"]
+  assert not mask["layers_0/blocks_0/attn/relative_position_bias_table"]
+
+
+def test_weight_decay_mask_on_swin_v2_names():
+  s = jax.ShapeDtypeStruct
+  params = {"layers_0": {"blocks_0": {"attn": {
+      "qkv": {"kernel": s((16, 48), jnp.float32)},
+      "q_bias": s((16,), jnp.float32), "v_bias": s((16,), jnp.float32),
+      "logit_scale": s((2, 1, 1), jnp.float32),
+      "cpb_mlp_0": {"kernel": s((2, 512), jnp.float32), "bias": s((512,), jnp.float32)},
+      "cpb_mlp_2": {"kernel": s((512, 2), jnp.float32)},
+  }}}}
+  mask = flat(opt_lib.weight_decay_mask(params))
+  assert [k for k, v in mask.items() if v] == ["layers_0/blocks_0/attn/qkv/kernel"]
+
+
+def test_layer_ids_follow_official_simmim_rules():
+  ids = {k: opt_lib.layer_id(k.split("/"), (2, 2)) for k in flat(tiny_params(ape=True))}
+  assert ids["patch_embed/proj/kernel"] == ids["patch_embed/norm/scale"] == 0
+  assert ids["layers_0/blocks_0/attn/qkv/kernel"] == 1
+  assert ids["layers_0/blocks_1/norm2/bias"] == 2
+  assert ids["layers_0/downsample/reduction/kernel"] == 2   # = last block of stage 0
+  assert ids["layers_0/downsample/norm/scale"] == 2
+  assert ids["layers_1/blocks_0/mlp/fc1/kernel"] == 3
+  assert ids["layers_1/blocks_1/attn/relative_position_bias_table"] == 4
+  # Not matched by the official rules -> num_layers + 1 (scale 1).
+  assert ids["norm/scale"] == ids["head/kernel"] == ids["absolute_pos_embed"] == 5
+  assert opt_lib.layer_id(("params", "mask_token"), (2, 2)) == 0
+
+
+def test_layer_decay_scales():
+  params = tiny_params()
+  scales = flat(opt_lib.layer_decay_scales(params, (2, 2), 0.5))
+  assert scales["patch_embed/proj/kernel"] == 0.5**5
+  assert scales["layers_1/blocks_1/mlp/fc2/bias"] == 0.5
+  assert scales["head/kernel"] == 1.0
+  assert set(flat(opt_lib.layer_decay_scales(params, (2, 2), 1.0)).values()) == {1.0}
+  with pytest.raises(ValueError, match="block 1 of stage 1 but depths"):
+    opt_lib.layer_decay_scales(params, (2, 1), 0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# make_optimizer.
+
+
+def test_decay_mask_effect_on_one_update():
+  config = make_config(warmup_epochs=0.0, weight_decay=0.1)
+  tx, schedule = opt_lib.make_optimizer(config, total_steps=10, steps_per_epoch=5)
+  params = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  lr = schedule(0)
+  assert lr == 5e-4
+  np.testing.assert_array_equal(new["dense"]["bias"], params["dense"]["bias"])
+  np.testing.assert_allclose(new["dense"]["kernel"], 2.0 - lr * 0.1 * 2.0, rtol=1e-7)
+
+
+def test_clipping_bounds_the_global_norm_adam_sees():
+  config = make_config(warmup_epochs=0.0, clip_grad_norm=5.0, b1=0.9)
+  tx, _ = opt_lib.make_optimizer(config, total_steps=10, steps_per_epoch=5)
+  params = {"a": jnp.ones((4, 4)), "b": jnp.ones((4,))}
+  grads = {"a": jnp.full((4, 4), 30.0), "b": jnp.full((4,), -40.0)}  # norm ~ 144
+  _, state = tx.update(grads, tx.init(params), params)
+  # Adam's first moment after one step is (1 - b1) * the gradient it was given.
+  mu = optax.tree_utils.tree_get(state, "mu")
+  np.testing.assert_allclose(optax.tree.norm(mu), 0.1 * 5.0, rtol=1e-6)
+
+
+def test_accumulating_two_batches_equals_one_step_on_the_mean_gradient():
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}
+  g1, g2, g3, g4 = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype),
+                                 params) for _ in range(4)]
+  # Same images per update: 2 x 256 accumulated vs one batch of 512.
+  accum_cfg = make_config(warmup_epochs=1.0, grad_accum_steps=2)
+  accum_cfg.batch_size = 256
+  tx2, sched2 = opt_lib.make_optimizer(accum_cfg, total_steps=20, steps_per_epoch=4)
+  tx1, sched1 = opt_lib.make_optimizer(make_config(warmup_epochs=1.0), total_steps=10,
+                                       steps_per_epoch=2)
+  p2, s2 = params, tx2.init(params)
+  p1, s1 = params, tx1.init(params)
+  for a, b in ((g1, g2), (g3, g4)):
+    u, s2 = tx2.update(a, s2, p2)
+    assert all(np.all(x == 0) for x in jax.tree.leaves(u))     # no update mid-accumulation
+    p2 = optax.apply_updates(p2, u)
+    u, s2 = tx2.update(b, s2, p2)
+    p2 = optax.apply_updates(p2, u)
+    mean = jax.tree.map(lambda x, y: (x + y) / 2, a, b)
+    u, s1 = tx1.update(mean, s1, p1)
+    p1 = optax.apply_updates(p1, u)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), p2, p1)
+  assert [sched2(t) for t in range(8)] == [sched1(t // 2) for t in range(8)]
+
+
+def test_one_adamw_update_matches_torch():
+  import torch
+  config = make_config(warmup_epochs=0.0, schedule="constant", clip_grad_norm=0.0, base_lr=1e-2,
+                       weight_decay=0.05, b1=0.8, b2=0.95, eps=1e-6)
+  tx, schedule = opt_lib.make_optimizer(config, total_steps=10, steps_per_epoch=5)
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=(3, 4)).astype(np.float32)
+  grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in range(2)]
+
+  tw = torch.nn.Parameter(torch.tensor(w))
+  torch_opt = torch.optim.AdamW([tw], lr=schedule(0), betas=(0.8, 0.95), eps=1e-6,
+                                weight_decay=0.05)
+  params, state = {"w": jnp.asarray(w)}, None
+  state = tx.init(params)
+  for g in grads:   # two steps: bias correction at t = 1 and t = 2
+    tw.grad = torch.tensor(g)
+    torch_opt.step()
+    updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+    params = optax.apply_updates(params, updates)
+  np.testing.assert_allclose(params["w"], tw.detach().numpy(), atol=1e-6, rtol=0)
+
+
+def test_layer_decay_scales_each_update():
+  names = ("patch_embed/proj/kernel", "layers_0/blocks_1/mlp/fc1/kernel",
+           "layers_0/downsample/reduction/kernel", "layers_1/blocks_0/attn/qkv/bias",
+           "norm/scale", "head/kernel")
+  params = flax.traverse_util.unflatten_dict({k: jnp.full((2, 2), 0.5) for k in names},
+                                             sep="/")
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.1, p.dtype), params)
+  overrides = dict(depths=(2, 2), num_heads=(2, 4))
+  plain = make_config(warmup_epochs=0.0)
+  plain.model.overrides = overrides
+  decayed = make_config(warmup_epochs=0.0, layer_decay=0.5)
+  decayed.model.overrides = overrides
+
+  def one_update(config):
+    tx, _ = opt_lib.make_optimizer(config, total_steps=10, steps_per_epoch=5)
+    return tx.update(grads, tx.init(params), params)[0]
+
+  u1, u2 = flat(one_update(plain)), flat(one_update(decayed))
+  expected = dict(zip(names, (0.5**5, 0.5**3, 0.5**3, 0.5**2, 1.0, 1.0)))
+  for name, scale in expected.items():
+    np.testing.assert_allclose(u2[name], u1[name] * scale, rtol=1e-6)
