@@ -35,7 +35,10 @@ def _to_jax() -> None:
     raise app.UsageError("converting needs --checkpoint, --model and --out")
   overrides = {k: getattr(FLAGS, k) for k in ("num_classes", "img_size", "window_size")
                if getattr(FLAGS, k) is not None}
-  model = registry.create_model(FLAGS.model, **overrides)
+  try:
+    model = registry.create_model(FLAGS.model, **overrides)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   params = load_torch_checkpoint(FLAGS.checkpoint, model, strict=FLAGS.strict)
   out = params_dir.save_params_dir(FLAGS.out, params, FLAGS.model, overrides)
   logging.info("wrote %s (%s)", out, registry.resolve_name(FLAGS.model))
@@ -56,6 +59,8 @@ def _to_torch() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
   if FLAGS.to_torch or FLAGS.params:
     if not (FLAGS.to_torch and FLAGS.params):
       raise app.UsageError("exporting needs both --params and --to_torch")

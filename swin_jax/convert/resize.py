@@ -65,13 +65,17 @@ def resize_bicubic_2d(image: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
                        [wi[:, None, None] for wi in row_weights])
 
 
+def is_square_table(length: int) -> bool:
+  side = int(round(np.sqrt(length)))
+  return side * side == length
+
+
 def side_of_square_table(length: int) -> int:
   """``(2w-1)**2 -> 2w-1``; raises if ``length`` is not a perfect square."""
-  side = int(round(np.sqrt(length)))
-  if side * side != length:
+  if not is_square_table(length):
     raise ValueError(f"relative_position_bias_table of length {length} is not square; "
                      "only square tables can be resized")
-  return side
+  return int(round(np.sqrt(length)))
 
 
 def resize_bias_table(table: np.ndarray, out_sides: tuple[int, int]) -> np.ndarray:

@@ -65,9 +65,10 @@ def _describe_checkpoint(sd: StateDict) -> str:
     if m := _BLOCK_KEY.match(key):
       stage, block = int(m.group(1)), int(m.group(2))
       depths[stage] = max(depths.get(stage, 0), block + 1)
-      if key.endswith("relative_position_bias_table") and block == 0:
+      if key.endswith("relative_position_bias_table") and block == 0 and value.ndim == 2:
         heads[stage] = value.shape[1]
-        window = (int(round(np.sqrt(value.shape[0]))) + 1) // 2
+        if stage == 0:
+          window = (int(round(np.sqrt(value.shape[0]))) + 1) // 2
       elif key.endswith("logit_scale") and block == 0:
         heads[stage] = value.shape[0]
   embed = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else "?"
@@ -96,7 +97,8 @@ def _adapt(key: str, path: Path, value: np.ndarray, target_shape: tuple[int, ...
   """The official fine-tuning adaptations: bias-table resize and the 22K->1K head."""
   if value.shape == target_shape:
     return value
-  if path[-1] == "relative_position_bias_table" and value.shape[1] == target_shape[1]:
+  if (path[-1] == "relative_position_bias_table" and value.ndim == 2 and
+      value.shape[1] == target_shape[1] and resize.is_square_table(value.shape[0])):
     stage, block = (int(p.split("_")[1]) for p in path[:2])
     window, _ = model.block_geometry(stage, block)
     sides = (2 * window[0] - 1, 2 * window[1] - 1)
@@ -215,5 +217,6 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
     sd = {keys_lib.official_to_timm_key(k): v for k, v in sd.items()}
   if to_torch:
     import torch  # pylint: disable=import-outside-toplevel
-    sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    # Copies: the tensors must not share (read-only) memory with the params.
+    sd = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in sd.items()}
   return sd

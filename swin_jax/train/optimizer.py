@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any, Callable, Sequence
 
+from absl import logging
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -91,12 +93,14 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
     raise ValueError(f"optimizer.schedule {opt_cfg.schedule!r} is not one of {SCHEDULES}")
   lr, warmup_lr, min_lr = scaled_learning_rates(opt_cfg, batch_size)
   warmup = int(opt_cfg.warmup_epochs * updates_per_epoch)
+  if warmup >= total_updates:
+    # A short smoke run of a long recipe (e.g. --config.total_steps=10): warm up over half
+    # of it rather than refuse to run.
+    logging.warning("warmup (%d updates = %s epochs x %d) >= total updates %d; warming up "
+                    "over %d updates instead", warmup, opt_cfg.warmup_epochs,
+                    updates_per_epoch, total_updates, total_updates // 2)
+    warmup = total_updates // 2
   decay = total_updates - warmup
-  if decay <= 0:
-    raise ValueError(
-        f"the schedule has {total_updates} optimizer updates but warmup takes {warmup} "
-        f"({opt_cfg.warmup_epochs} epochs x {updates_per_epoch} updates/epoch); lower "
-        "optimizer.warmup_epochs or train longer")
   kind = opt_cfg.schedule
   # timm: warmup_steps = (lr - warmup_lr_init) / warmup_t, then warmup_lr_init + t * step.
   warmup_slope = (lr - warmup_lr) / warmup if warmup else 0.0
