@@ -24,22 +24,30 @@ def load_image(path_or_name: str) -> Image.Image:
   return Image.open(path_or_name).convert("RGB")
 
 
-def eval_transform(image: Image.Image, size: int, crop: bool = True) -> np.ndarray:
-  """The official evaluation transform -> ``(size, size, 3)`` float32, ImageNet-normalised.
+def eval_geometry(image: Image.Image, size: int, crop: bool = True) -> Image.Image:
+  """The official evaluation resize/crop of a PIL image to ``size x size``.
 
   ``crop=True``: bicubic resize of the shorter side to ``int(256 / 224 * size)``, then a
   centre crop (224 -> 256 -> 224). ``crop=False`` (the 384 configs): direct resize.
   """
-  if crop:
-    short = int(256 / 224 * size)
-    w, h = image.size
-    # torchvision's Resize(int): shorter side -> short, longer side truncated.
-    new_size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    image = image.resize(new_size, Image.BICUBIC)
-    w, h = image.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    image = image.crop((left, top, left + size, top + size))
-  else:
-    image = image.resize((size, size), Image.BICUBIC)
+  if not crop:
+    return image.resize((size, size), Image.BICUBIC)
+  short = int(256 / 224 * size)
+  w, h = image.size
+  # torchvision's Resize(int): shorter side -> short, longer side truncated.
+  new_size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+  image = image.resize(new_size, Image.BICUBIC)
+  w, h = image.size
+  left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+  return image.crop((left, top, left + size, top + size))
+
+
+def normalize(image: Image.Image) -> np.ndarray:
+  """RGB PIL image -> float32 ``(H, W, 3)``, ImageNet mean/std normalised."""
   pixels = np.asarray(image, np.float32) / 255.0
   return (pixels - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def eval_transform(image: Image.Image, size: int, crop: bool = True) -> np.ndarray:
+  """The official evaluation transform -> ``(size, size, 3)`` float32, normalised."""
+  return normalize(eval_geometry(image, size, crop))

@@ -35,6 +35,7 @@ def base_config() -> ConfigDict:
       image_size=224,
       eval_crop=True,                # resize 256/224*S then centre crop; False: direct resize
       num_workers=0,                 # grain worker processes per host (0: in-process)
+      read_threads=8,                # threads per process reading/augmenting; prefetch 2x
   ))
   c.aug = ConfigDict(dict(
       random_resized_crop=True,

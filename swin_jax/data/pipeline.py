@@ -1,0 +1,130 @@
+"""Per-host input pipelines (grain over TFDS ArrayRecord): what the training loop calls.
+
+    train_iterator(config, process_index, process_count)
+        -> infinite grain DatasetIterator of {'image': float32 (b, S, S, 3), 'label': int32 (b,)}
+    eval_iterator(config, process_index, process_count)
+        -> finite iterable of {'image', 'label', 'mask': float32 (b,)}, last batch zero-padded
+
+``b`` is the global batch size divided by ``process_count``; each host reads only the
+examples ``[process_index::process_count]``. The train pipeline is a pure function of
+(config, seed, host, step): ``it.get_state()`` is a small JSON-able dict, and an iterator
+given that state with ``set_state`` yields exactly the batches the original would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from absl import flags
+import grain
+import numpy as np
+
+from swin_jax.data import sources
+from swin_jax.data import transforms
+
+
+def train_examples(config) -> int:
+  """Examples in ``config.dataset.train_split`` (all hosts together)."""
+  return sources.num_examples(config.dataset, config.dataset.train_split)
+
+
+def per_host_batch_size(batch_size: int, process_count: int, what: str = "batch_size") -> int:
+  """``batch_size // process_count``; an error if it does not divide."""
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"{what} {batch_size} must be a positive multiple of the number of "
+                     f"hosts ({process_count})")
+  return batch_size // process_count
+
+
+def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """The train pipeline as a grain IterDataset (``train_iterator`` iterates it)."""
+  batch = per_host_batch_size(config.batch_size, process_count)
+  source = sources.open_source(config.dataset, config.dataset.train_split)
+  host_share = grain.MapDataset.source(source)[process_index::process_count]
+  if len(host_share) == 0:
+    raise ValueError(f"host {process_index} of {process_count} has no training examples "
+                     f"({len(source)} in {config.dataset.name}:{config.dataset.train_split})")
+  ds = (host_share
+        # Shuffle before repeat: grain folds the epoch into the seed (a new order per epoch).
+        .shuffle(seed=_seed(config.seed, process_index, "shuffle"))
+        .repeat(None)
+        # The generator is seeded from (seed, element index in the repeated stream), so
+        # augmentations differ per epoch and are reproduced exactly after a restore.
+        .random_map(transforms.train_transform(config),
+                    seed=_seed(config.seed, process_index, "augment"))
+        .batch(batch, drop_remainder=True))
+  return _to_iter(ds, config)
+
+
+def train_iterator(config, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+  """Infinite iterator of per-host train batches; ``get_state``/``set_state`` resume it."""
+  return iter(train_dataset(config, process_index, process_count))
+
+
+def eval_iterator(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """Finite, re-iterable per-host eval batches ``{'image', 'label', 'mask'}``.
+
+  Every host yields the same number of batches (collectives need it): each host's share is
+  zero-padded to ``ceil(ceil(N / hosts) / b) * b`` examples, padding has ``mask`` 0.
+  """
+  batch = per_host_batch_size(config.eval_batch_size or config.batch_size, process_count,
+                              "eval_batch_size")
+  source = sources.open_source(config.dataset, config.dataset.eval_split)
+  host_share = grain.MapDataset.source(source)[process_index::process_count]
+  largest_share = math.ceil(len(source) / process_count)
+  total = math.ceil(largest_share / batch) * batch
+  size = config.dataset.image_size
+  ds = grain.MapDataset.concatenate([
+      host_share.map(_Masked(transforms.eval_transform(config))),
+      grain.MapDataset.source(_Padding(total - len(host_share), size)),
+  ])
+  return _to_iter(ds.batch(batch, drop_remainder=False), config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Masked:
+  """Adds ``mask`` 1 (a real example) to a transform's output."""
+  transform: Any
+
+  def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
+    return {**self.transform(example), "mask": np.float32(1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Padding(Sequence):
+  """``length`` zero examples with ``mask`` 0 that pad the last eval batch."""
+  length: int
+  image_size: int
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, index):
+    if not 0 <= index < self.length:
+      raise IndexError(index)
+    return {"image": np.zeros((self.image_size, self.image_size, 3), np.float32),
+            "label": np.int32(0), "mask": np.float32(0.0)}
+
+
+def _to_iter(ds: grain.MapDataset, config) -> grain.IterDataset:
+  threads = config.dataset.read_threads
+  # Elements here are whole batches: a short buffer keeps memory and wasted work bounded.
+  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                 prefetch_buffer_size=max(2, 2 * threads)))
+  if config.dataset.num_workers > 0:
+    # grain's workers read absl flags; outside an absl app (tests, notebooks) they are unparsed.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.dataset.num_workers))
+  return iter_ds
+
+
+def _seed(seed: int, process_index: int, purpose: str) -> int:
+  """A 32-bit seed per (run seed, host, purpose): hosts must not share augmentations."""
+  salt = int.from_bytes(purpose.encode(), "little")
+  return int(np.random.SeedSequence([seed % 2**64, process_index, salt]).generate_state(1)[0])
