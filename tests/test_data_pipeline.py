@@ -234,6 +234,16 @@ def test_hosts_read_disjoint_shares_that_cover_the_data(fake_dir):
   assert epoch[0] | epoch[1] == set().union(*(image_keys(b) for b in take(every, 3)))
 
 
+def test_global_batches_do_not_depend_on_the_number_of_hosts(fake_dir):
+  """Host slices, concatenated, are the one-host batches bit for bit (augmentation on)."""
+  config = make_config(fake_dir, batch_size=8)
+  single = take(pipeline.train_iterator(config), 5)  # crosses an epoch boundary (24 examples)
+  hosts = [take(pipeline.train_iterator(config, i, 4), 5) for i in range(4)]
+  joined = [{key: np.concatenate([h[step][key] for h in hosts]) for key in single[step]}
+            for step in range(5)]
+  assert_batches_equal(single, joined)
+
+
 def test_batch_size_must_divide_over_hosts(fake_dir):
   with pytest.raises(ValueError, match="batch_size 8 must be a positive multiple.*3"):
     pipeline.train_iterator(make_config(fake_dir, batch_size=8), 0, 3)

@@ -5,9 +5,9 @@
     eval_iterator(config, process_index, process_count)
         -> finite iterable of {'image', 'label', 'mask': float32 (b,)}, last batch zero-padded
 
-``b`` is the global batch size divided by ``process_count``; each host reads only the
-examples ``[process_index::process_count]``. The train pipeline is a pure function of
-(config, seed, host, step): ``it.get_state()`` is a small JSON-able dict, and an iterator
+``b`` is the global batch size divided by ``process_count``. The train pipeline is a pure
+function of (config, seed, step), the same global batches for any number of hosts, each
+host reading only its slice of every global batch: ``it.get_state()`` is a small JSON-able dict, and an iterator
 given that state with ``set_state`` yields exactly the batches the original would have.
 """
 
@@ -40,23 +40,55 @@ def per_host_batch_size(batch_size: int, process_count: int, what: str = "batch_
 
 
 def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """The train pipeline as a grain IterDataset (``train_iterator`` iterates it)."""
+  """The train pipeline as a grain IterDataset (``train_iterator`` iterates it).
+
+  The shuffled, augmented example stream is defined globally (its seeds do not depend on
+  the host), and global batch ``s`` is stream positions ``[s*B, (s+1)*B)``. Host ``i``
+  reads only its slice ``[s*B + i*b, s*B + (i+1)*b)`` of each. So the global batches, and
+  the losses, are the same on one host or many, and only accessed examples are decoded.
+  """
   batch = per_host_batch_size(config.batch_size, process_count)
   source = sources.open_source(config.dataset, config.dataset.train_split)
-  host_share = grain.MapDataset.source(source)[process_index::process_count]
-  if len(host_share) == 0:
-    raise ValueError(f"host {process_index} of {process_count} has no training examples "
-                     f"({len(source)} in {config.dataset.name}:{config.dataset.train_split})")
-  ds = (host_share
-        # Shuffle before repeat: grain folds the epoch into the seed (a new order per epoch).
-        .shuffle(seed=_seed(config.seed, process_index, "shuffle"))
-        .repeat(None)
-        # The generator is seeded from (seed, element index in the repeated stream), so
-        # augmentations differ per epoch and are reproduced exactly after a restore.
-        .random_map(transforms.train_transform(config),
-                    seed=_seed(config.seed, process_index, "augment"))
-        .batch(batch, drop_remainder=True))
-  return _to_iter(ds, config)
+  if len(source) < config.batch_size:
+    raise ValueError(f"batch_size {config.batch_size} is larger than the "
+                     f"{len(source)} examples of {config.dataset.name}:"
+                     f"{config.dataset.train_split}")
+  stream = (grain.MapDataset.source(source)
+            # Shuffle before repeat: grain folds the epoch into the seed (a new order per epoch).
+            .shuffle(seed=_seed(config.seed, "shuffle"))
+            .repeat(None)
+            # The generator is seeded from (seed, position in the repeated stream), so
+            # augmentations differ per epoch and are reproduced exactly after a restore.
+            .random_map(transforms.train_transform(config), seed=_seed(config.seed, "augment")))
+  host_share = _HostShare(stream, config.batch_size, process_index, process_count)
+  return _to_iter(host_share.batch(batch, drop_remainder=True), config)
+
+
+class _HostShare(grain.MapDataset):
+  """This host's ``b = B / hosts`` consecutive elements of every ``B`` of its parent."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._global_batch = global_batch
+    self._local_batch = global_batch // process_count
+    self._offset = process_index * self._local_batch
+    self._length = (len(parent) // global_batch) * self._local_batch
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, index: int) -> int:
+    step, position = divmod(index, self._local_batch)
+    return step * self._global_batch + self._offset + position
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def __str__(self) -> str:
+    return f"_HostShare(offset={self._offset}, {self._local_batch} of {self._global_batch})"
 
 
 def train_iterator(config, process_index: int = 0,
@@ -124,7 +156,7 @@ def _to_iter(ds: grain.MapDataset, config) -> grain.IterDataset:
   return iter_ds
 
 
-def _seed(seed: int, process_index: int, purpose: str) -> int:
-  """A 32-bit seed per (run seed, host, purpose): hosts must not share augmentations."""
+def _seed(seed: int, purpose: str) -> int:
+  """A 32-bit seed per (run seed, purpose), the same on every host."""
   salt = int.from_bytes(purpose.encode(), "little")
-  return int(np.random.SeedSequence([seed % 2**64, process_index, salt]).generate_state(1)[0])
+  return int(np.random.SeedSequence([seed % 2**64, salt]).generate_state(1)[0])
