@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import flax
 import jax
@@ -573,3 +574,242 @@ def test_patch_embed_conv_has_the_pytorch_default_init(tiny):
   assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
   assert abs(kernel.std() - bound / math.sqrt(3)) < 0.1 * bound / math.sqrt(3)
   assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0
+
+
+# ----------------------------------------------------------------------------------------
+# Swin V2 (spec sections 1 and 3): the version=2 variant of the same model
+# ----------------------------------------------------------------------------------------
+
+# Exact counts of timm's SwinTransformerV2 for the same names (pretrained=False).
+V2_PARAM_COUNTS = {
+    "swinv2_tiny_window8_256": 28_347_154,
+    "swinv2_tiny_window16_256": 28_347_154,
+    "swinv2_small_window8_256": 49_728_418,
+    "swinv2_small_window16_256": 49_728_418,
+    "swinv2_base_window8_256": 87_918_816,
+    "swinv2_base_window16_256": 87_918_816,
+    "swinv2_base_window12_192": 109_280_841,  # 21,841 classes
+    "swinv2_base_window12to16_192to256": 87_918_816,
+    "swinv2_base_window12to24_192to384": 87_918_816,
+    "swinv2_large_window12_192": 228_772_549,  # 21,841 classes
+    "swinv2_large_window12to16_192to256": 196_739_932,
+    "swinv2_large_window12to24_192to384": 196_739_932,
+}
+# name -> (img_size, window, drop path, classes, pretrained windows)
+V2_CONFIGS = {
+    "swinv2_tiny_window8_256": (256, 8, 0.2, 1000, (0, 0, 0, 0)),
+    "swinv2_tiny_window16_256": (256, 16, 0.2, 1000, (0, 0, 0, 0)),
+    "swinv2_small_window8_256": (256, 8, 0.3, 1000, (0, 0, 0, 0)),
+    "swinv2_small_window16_256": (256, 16, 0.3, 1000, (0, 0, 0, 0)),
+    "swinv2_base_window8_256": (256, 8, 0.5, 1000, (0, 0, 0, 0)),
+    "swinv2_base_window16_256": (256, 16, 0.5, 1000, (0, 0, 0, 0)),
+    "swinv2_base_window12_192": (192, 12, 0.2, 21841, (0, 0, 0, 0)),
+    "swinv2_base_window12to16_192to256": (256, 16, 0.2, 1000, (12, 12, 12, 6)),
+    "swinv2_base_window12to24_192to384": (384, 24, 0.2, 1000, (12, 12, 12, 6)),
+    "swinv2_large_window12_192": (192, 12, 0.2, 21841, (0, 0, 0, 0)),
+    "swinv2_large_window12to16_192to256": (256, 16, 0.2, 1000, (12, 12, 12, 6)),
+    "swinv2_large_window12to24_192to384": (384, 24, 0.2, 1000, (12, 12, 12, 6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(V2_PARAM_COUNTS))
+def test_v2_exact_parameter_count(name):
+  model = swin_jax.create_model(name)
+  variables = abstract_variables(model, model.img_size)
+  assert set(variables) == {"params"}  # index, coords table and mask are constants
+  assert param_count(variables["params"]) == V2_PARAM_COUNTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(V2_CONFIGS))
+def test_v2_registry_config(name):
+  model = swin_jax.create_model(name)
+  img_size, window, rate, classes, pretrained = V2_CONFIGS[name]
+  assert name in swin_jax.list_models()
+  assert model.version == 2
+  assert (model.img_size, model.window_size, model.num_classes) == (img_size, window, classes)
+  assert model.drop_path_rate == pytest.approx(rate)
+  assert tuple(model.pretrained_window_sizes) == pretrained
+  assert [model.pretrained_window(i) for i in range(4)] == [(p, p) for p in pretrained]
+
+
+def test_v1_models_are_version_1():
+  for name in OFFICIAL_NAMES:
+    assert swin_jax.create_model(name).version == 1
+
+
+def test_v2_12to16_pretrained_windows_are_the_clamped_192_windows():
+  """(12, 12, 12, 6) is the W12 model at 192 px: its stage-4 map (6) clamps the window."""
+  pretraining = swin_jax.create_model("swinv2_base_window12_192")
+  finetuned = swin_jax.create_model("swinv2_base_window12to16_192to256")
+  assert [pretraining.block_geometry(i, 0)[0] for i in range(4)] == [
+      finetuned.pretrained_window(i) for i in range(4)]
+  assert [finetuned.block_geometry(i, 0)[0] for i in range(4)] == [(16, 16)] * 3 + [(8, 8)]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(version=3), "version must be 1"),
+    (dict(pretrained_window_sizes=(4, 4)), "Swin V2 setting"),
+    (dict(version=2, pretrained_window_sizes=(4, 4, 4)), "one entry per stage"),
+])
+def test_bad_version_settings_raise(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    abstract_variables(SwinTransformer(**{**TINY, **kwargs}), 32)
+
+
+def test_v2_relative_coords_table_matches_the_spec_example():
+  """Spec section 3: 12to16 at 256 divides stage 1-3 offsets by 11, stage 4 (window 8) by 5."""
+  from swin_jax.models import window as window_ops
+  for window, pretrained, divisor in [((16, 16), (12, 12), 11), ((8, 8), (6, 6), 5),
+                                      ((8, 8), (0, 0), 7), ((4, 2), (0, 0), (3, 1))]:
+    table = window_ops.relative_coords_table(window, pretrained)
+    assert table.shape == (2 * window[0] - 1, 2 * window[1] - 1, 2)
+    assert table.dtype == np.float32
+    div = np.broadcast_to(np.asarray(divisor, np.float64), (2,))
+    dh = np.arange(-(window[0] - 1), window[0]) / div[0] * 8
+    dw = np.arange(-(window[1] - 1), window[1]) / div[1] * 8
+    expected_h = np.sign(dh) * np.log2(np.abs(dh) + 1) / 3
+    expected_w = np.sign(dw) * np.log2(np.abs(dw) + 1) / 3
+    np.testing.assert_allclose(table[:, :, 0], np.broadcast_to(expected_h[:, None],
+                                                               table.shape[:2]), rtol=1e-6)
+    np.testing.assert_allclose(table[:, :, 1], np.broadcast_to(expected_w[None, :],
+                                                               table.shape[:2]), rtol=1e-6)
+  # Offsets are scaled to [-8, 8], so the log map's extremes are +-log2(9) / log2(8).
+  table = window_ops.relative_coords_table((8, 8))
+  assert table[-1, -1, 0] == pytest.approx(math.log2(9) / 3)
+  assert table[0, 0, 1] == pytest.approx(-math.log2(9) / 3)
+  assert np.all(table[7, 7] == 0)
+
+
+TINY_V2 = dict(TINY, version=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_v2():
+  model = SwinTransformer(**TINY_V2)
+  variables = jax.jit(model.init)(KEY, jnp.zeros((2, 32, 32, 3)))
+  return model, variables
+
+
+def test_v2_param_names_mirror_the_official_keys(tiny_v2):
+  params = flat_params(tiny_v2[1])
+  attn = sorted(k.split("/", 3)[3] for k in params if k.startswith("layers_0/blocks_1/attn/"))
+  assert attn == ["cpb_mlp_0/bias", "cpb_mlp_0/kernel", "cpb_mlp_2/kernel", "logit_scale",
+                  "proj/bias", "proj/kernel", "q_bias", "qkv/kernel", "v_bias"]
+  assert params["layers_0/blocks_1/attn/logit_scale"].shape == (2, 1, 1)
+  assert params["layers_0/blocks_1/attn/cpb_mlp_0/kernel"].shape == (2, 512)
+  assert params["layers_0/blocks_1/attn/cpb_mlp_2/kernel"].shape == (512, 2)
+  assert params["layers_0/blocks_1/attn/q_bias"].shape == (16,)
+  # PatchMergingV2: reduction 4C -> 2C, then LayerNorm(2C).
+  assert params["layers_0/downsample/reduction/kernel"].shape == (64, 32)
+  assert params["layers_0/downsample/norm/scale"].shape == (32,)
+  assert not any("relative_position_bias_table" in k for k in params)
+  # Without qkv_bias there is no q_bias / v_bias (and qkv never has a bias in V2).
+  no_bias = flat_params(abstract_variables(SwinTransformer(**TINY_V2, qkv_bias=False), 32))
+  assert not any(k.endswith(("q_bias", "v_bias", "qkv/bias")) for k in no_bias)
+
+
+def test_v2_init(tiny_v2):
+  """timm/official V2 init: post-norms (0, 0); logit_scale log(10); q/v bias 0; the CPB MLP
+  like every Linear (normal .02, zero bias); other norms (1, 0)."""
+  params = flat_params(tiny_v2[1])
+  block_norms = [k for k in params if re.search(r"blocks_\d+/norm[12]/", k)]
+  assert len(block_norms) == 4 * 2 * 2
+  for name in block_norms:
+    np.testing.assert_array_equal(params[name], 0.0, err_msg=name)
+  for norm in ("layers_0/downsample/norm", "norm", "patch_embed/norm"):
+    np.testing.assert_array_equal(params[f"{norm}/scale"], 1.0, err_msg=norm)
+    np.testing.assert_array_equal(params[f"{norm}/bias"], 0.0, err_msg=norm)
+  scales = [v for k, v in params.items() if k.endswith("logit_scale")]
+  assert len(scales) == 4
+  for value in scales:
+    np.testing.assert_allclose(value, math.log(10.0), rtol=1e-7)
+  for name, value in params.items():
+    if name.endswith(("q_bias", "v_bias", "cpb_mlp_0/bias")):
+      np.testing.assert_array_equal(value, 0.0, err_msg=name)
+  cpb = np.concatenate([v.ravel() for k, v in params.items()
+                        if re.search(r"cpb_mlp_\d/kernel", k)])
+  assert cpb.size == 2 * (2 * 512 + 512 * 2) + 2 * (2 * 512 + 512 * 4)
+  assert 0.018 < cpb.std() < 0.022 and abs(cpb.mean()) < 2e-3
+
+
+def test_v2_blocks_start_as_the_identity(tiny_v2):
+  """Zero post-norms: at init every block returns its input, so stage 1's output is the
+  patch embedding."""
+  model, variables = tiny_v2
+  features, embedded = jax.jit(lambda v, x: (
+      model.apply(v, x, method=model.features)[0],
+      model.apply(v, x, False, method=model.embed)))(variables, images(2, 32, 32))
+  np.testing.assert_array_equal(features, embedded)
+
+
+def test_v2_weight_decay_keywords_are_in_the_param_names(tiny_v2):
+  from swin_jax.train import optimizer
+  params = tiny_v2[1]["params"]
+  names = set(flat_params(tiny_v2[1]))
+  for keyword in ("cpb_mlp", "logit_scale"):
+    assert keyword in optimizer.NO_DECAY_KEYWORDS
+    assert any(keyword in name for name in names), keyword
+  mask = {"/".join(str(k.key) for k in path): bool(leaf) for path, leaf in
+          jax.tree_util.tree_leaves_with_path(optimizer.weight_decay_mask(params))}
+  for name, decays in mask.items():
+    no_decay = any(k in name for k in ("cpb_mlp", "logit_scale", "bias", "norm"))
+    assert decays == (not no_decay), name
+
+
+def test_v2_logit_scale_clamp_gradient_is_torch_clamp():
+  """exp(clamp(logit_scale, max=log 100)): above the clamp no gradient; at it (a tie) and
+  below, the gradient passes, as torch.clamp's."""
+  from swin_jax.models import attention
+  module = attention.WindowAttention(18, 3, (4, 4), version=2)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((1, 16, 18)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((1, 16, 18)), jnp.float32)
+  variables = module.init(KEY, x, None, 1, False)
+  scale = np.array([math.log(200.0), math.log(100.0), math.log(5.0)], np.float32)
+  params = dict(variables["params"], logit_scale=jnp.asarray(scale.reshape(3, 1, 1)))
+  grad = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, x, None, 1, False) * weights))(
+      params)["logit_scale"].ravel()
+  assert grad[0] == 0.0
+  assert grad[1] != 0.0 and grad[2] != 0.0
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_padded_input_gradients_are_finite_at_init(version):
+  """40 px: the 10x10 stage-1 map is zero-padded to 12x12. In V2 the padded tokens' keys
+  (and, with the zero-initialised q_bias, queries) are exactly zero; their normalisation
+  must give torch's finite gradient, not NaN."""
+  model = SwinTransformer(**{**TINY, "version": version})
+  x = images(2, 40, 40)
+  variables = jax.jit(model.init)(KEY, x)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)))(
+      variables["params"])
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
+
+
+def test_v2_attention_probs_are_sown(tiny_v2):
+  model, variables = tiny_v2
+  _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(
+      variables, images(2, 32, 32))
+  (probs,) = state["intermediates"]["layers_0"]["blocks_1"]["attn"]["attn_probs"]
+  assert probs.shape == (2, 4, 2, 16, 16)
+  np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, atol=1e-5)
+
+
+def test_v2_bfloat16_keeps_float32_params_and_is_close_to_float32(tiny_v2):
+  model, variables = tiny_v2
+  # Unit post-norms, so that the blocks are not the identity.
+  flat = flax.traverse_util.flatten_dict(variables["params"])
+  params = flax.traverse_util.unflatten_dict({
+      path: jnp.ones_like(v) if path[-2] in ("norm1", "norm2") and path[-1] == "scale" else v
+      for path, v in flat.items()})
+  assert np.array_equal(params["layers_1"]["blocks_1"]["norm2"]["scale"], np.ones(32))
+  bf16 = model.clone(dtype=jnp.bfloat16)
+  abstract = jax.eval_shape(bf16.init, KEY, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(abstract)} == {jnp.dtype("float32")}
+  x = images(2, 32, 32)
+  logits = jax.jit(bf16.apply)({"params": params}, x)
+  reference = jax.jit(model.apply)({"params": params}, x)
+  assert logits.dtype == jnp.float32
+  scale = np.abs(np.asarray(reference)).max()
+  assert np.abs(np.asarray(logits) - np.asarray(reference)).max() < 5e-2 * scale

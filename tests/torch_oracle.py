@@ -17,6 +17,7 @@ import torch
 
 import timm
 from timm.models import swin_transformer as timm_swin_module
+from timm.models import swin_transformer_v2 as timm_swinv2_module
 
 
 def timm_swin(name_or_kwargs: str | dict[str, Any], **kw: Any) -> torch.nn.Module:
@@ -61,6 +62,40 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     else:
       value = 0.1 * noise
     param.copy_(value.to(param.dtype))
+  return model
+
+
+def timm_swinv2(name_or_kwargs: str | dict[str, Any], **kw: Any) -> torch.nn.Module:
+  """``timm_swin`` for Swin V2: a timm model name or ``SwinTransformerV2`` arguments."""
+  if isinstance(name_or_kwargs, str):
+    model = timm.create_model(name_or_kwargs, pretrained=False, **kw)
+  else:
+    model = timm_swinv2_module.SwinTransformerV2(**{**name_or_kwargs, **kw})
+  return model.float().eval()
+
+
+@torch.no_grad()
+def randomize_v2_(model: torch.nn.Module, seed: int, clamped_head: bool = True
+                  ) -> torch.nn.Module:
+  """``randomize_`` for Swin V2, with temperatures that exercise the cosine attention.
+
+  ``randomize_`` already gives every tensor seeded values (the zero-initialised post-norms,
+  ``q_bias``/``v_bias`` and the CPB MLP included). On top, each block's ``logit_scale``
+  ``(heads, 1, 1)`` becomes ``log(10) + 0.5 N(0, 1)`` (temperatures around 10, as trained
+  models have) and, with ``clamped_head``, its first head ``log(200)``, above the
+  ``log(100)`` clamp. A temperature of 100 makes the softmax nearly one-hot and float32
+  results ill-conditioned (with head_dim 8-16, float32 differences between two correct
+  implementations reach 1e-4; with the real head_dim 32 about 1e-5), so small test configs
+  pass ``clamped_head=False``.
+  """
+  randomize_(model, seed)
+  gen = torch.Generator().manual_seed(seed + 1)
+  for name, param in model.named_parameters():
+    if name.endswith("logit_scale"):
+      value = math.log(10.0) + 0.5 * torch.randn(param.shape, generator=gen)
+      if clamped_head:
+        value[0] = math.log(200.0)
+      param.copy_(value.to(param.dtype))
   return model
 
 

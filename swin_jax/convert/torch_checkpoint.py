@@ -4,8 +4,11 @@
     state_dict = export_torch_state_dict(params, model)    # official keys and layouts
 
 Loading follows the official ``load_pretrained``: buffers are dropped (recomputed here),
-relative-position bias tables are resized bicubically when the model's window differs,
+V1 relative-position bias tables are resized bicubically when the model's window differs,
 and a 21,841-class head is reduced to 1,000 classes with the official 22K->1K map.
+Swin V2 checkpoints need no resizing: their continuous position bias is an MLP over
+coordinates, so only the model's ``pretrained_window_sizes`` has to name the window the
+weights were trained with.
 """
 
 from __future__ import annotations
@@ -73,15 +76,16 @@ def _describe_checkpoint(sd: StateDict) -> str:
         heads[stage] = value.shape[0]
   embed = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else "?"
   classes = sd["head.weight"].shape[0] if "head.weight" in sd else "no head"
+  version = 2 if any(k.endswith(".logit_scale") for k in sd) else 1
   return (f"embed_dim={embed} depths={tuple(depths[i] for i in sorted(depths))} "
           f"num_heads={tuple(heads[i] for i in sorted(heads))} window(stage 1)={window} "
-          f"num_classes={classes}")
+          f"num_classes={classes} version={version}")
 
 
 def _describe_model(model: SwinTransformer) -> str:
   return (f"embed_dim={model.embed_dim} depths={tuple(model.depths)} "
           f"num_heads={tuple(model.num_heads)} window_size={model.window_size} "
-          f"img_size={model.img_size} num_classes={model.num_classes}")
+          f"img_size={model.img_size} num_classes={model.num_classes} version={model.version}")
 
 
 def to_official_layout(sd: StateDict, num_stages: int) -> StateDict:
@@ -169,7 +173,8 @@ def load_torch_checkpoint(source: str | os.PathLike | Mapping[str, Any],
 
 
 def _buffers(model: SwinTransformer) -> StateDict:
-  """The official persistent buffers: every block's index, shifted blocks' masks."""
+  """The official persistent buffers: every block's index (and, V2, its CPB coordinates
+  ``(1, 2wh-1, 2ww-1, 2)``), shifted blocks' masks."""
   out = {}
   for stage, depth in enumerate(model.depths):
     resolution = model.stage_resolutions()[stage]
@@ -178,6 +183,9 @@ def _buffers(model: SwinTransformer) -> StateDict:
       prefix = f"layers.{stage}.blocks.{block}."
       out[prefix + "attn.relative_position_index"] = (
           window_ops.relative_position_index(window).astype(np.int64))
+      if model.version == 2:
+        out[prefix + "attn.relative_coords_table"] = np.array(
+            window_ops.relative_coords_table(window, model.pretrained_window(stage))[None])
       if any(shift):
         padded = [r + window_ops.padding_to_multiple(r, w) for r, w in zip(resolution, window)]
         out[prefix + "attn_mask"] = np.array(window_ops.shift_mask(*padded, window, shift))
@@ -194,7 +202,8 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
     model: the model they belong to (checked: every path and shape must match).
     layout: ``'official'`` (microsoft/Swin-Transformer) or ``'timm'``.
     include_buffers: also write the official persistent buffers
-      (``relative_position_index``, ``attn_mask``) so the official model loads it strictly.
+      (``relative_position_index``, ``attn_mask``, V2 ``relative_coords_table``) so the
+      official model loads it strictly.
     to_torch: return ``torch.Tensor`` values instead of numpy arrays.
   """
   if layout not in ("official", "timm"):

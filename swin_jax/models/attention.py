@@ -1,7 +1,9 @@
-"""Window multi-head self-attention with a relative-position bias (Swin V1)."""
+"""Window multi-head self-attention: Swin V1 (scaled dot product + relative-position bias
+table) and Swin V2 (cosine attention + continuous position bias), one module."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -12,6 +14,14 @@ from swin_jax.models import layers
 from swin_jax.models import window as window_ops
 
 Dtype = Any
+
+# V2: the learnt temperature exp(logit_scale) is capped at 1 / 0.01.
+MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+# V2: the continuous position bias is squashed into (0, CPB_RANGE).
+CPB_RANGE = 16.0
+CPB_HIDDEN = 512
+# torch.nn.functional.normalize's default eps.
+NORMALIZE_EPS = 1e-12
 
 
 def gather_relative_bias(table: jnp.ndarray, window: window_ops.Pair) -> jnp.ndarray:
@@ -32,12 +42,34 @@ def add_window_mask(logits: jnp.ndarray, mask: np.ndarray | None) -> jnp.ndarray
   return logits.reshape(bnw, heads, n, n)
 
 
+def l2_normalize(x: jnp.ndarray, eps: float = NORMALIZE_EPS) -> jnp.ndarray:
+  """``F.normalize(x, dim=-1)``: ``x / max(||x||, eps)``, in float32.
+
+  Written as ``sqrt(max(sum x^2, eps^2))`` (the same value) so that an all-zero row, e.g. a
+  padded token's query without a bias, has the torch gradient ``g / eps`` and not NaN.
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  sum_sq = jnp.sum(x * x, axis=-1, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(sum_sq, eps * eps))
+
+
 class WindowAttention(nn.Module):
   """``(B*nW, N, C) -> (B*nW, N, C)``: attention inside each window of ``N = wh*ww`` tokens.
 
-  ``logits = (q * head_dim**-0.5) @ k^T + relative_bias (+ shift mask)``, softmax in float32.
-  The probabilities are sown as ``intermediates/attn_probs`` with shape
-  ``(B, nW, heads, N, N)`` (a no-op unless ``mutable=['intermediates']``).
+  ``version=1``: ``logits = (q * head_dim**-0.5) @ k^T + table[index]``, with a learnt
+  ``relative_position_bias_table`` ``((2wh-1)(2ww-1), heads)`` and a biased ``qkv``.
+
+  ``version=2``: ``logits = normalize(q) @ normalize(k)^T * exp(min(logit_scale, log 100))
+  + 16 sigmoid(cpb_mlp(coords)[index])``: cosine attention with a per-head temperature
+  ``logit_scale`` ``(heads, 1, 1)`` and a continuous position bias, an MLP
+  ``cpb_mlp_0`` (2 -> 512, ReLU) ``cpb_mlp_2`` (512 -> heads, no bias) over the log-spaced
+  coordinates of ``pretrained_window`` (see ``window.relative_coords_table``). ``qkv`` has
+  no bias; with ``qkv_bias`` the q and v rows get the params ``q_bias`` and ``v_bias``
+  (k none).
+
+  Both then add the shift mask (-100), softmax in float32 and sow the probabilities as
+  ``intermediates/attn_probs`` with shape ``(B, nW, heads, N, N)`` (a no-op unless
+  ``mutable=['intermediates']``).
   """
   dim: int
   num_heads: int
@@ -45,6 +77,8 @@ class WindowAttention(nn.Module):
   qkv_bias: bool = True
   attn_drop_rate: float = 0.0
   proj_drop_rate: float = 0.0
+  version: int = 1
+  pretrained_window: window_ops.Pair = (0, 0)
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -52,17 +86,14 @@ class WindowAttention(nn.Module):
                train: bool) -> jnp.ndarray:
     bnw, n, c = x.shape
     head_dim = c // self.num_heads
-    qkv = layers.dense(3 * c, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
+    qkv = self._qkv(x)
     # Output rows are [q | k | v], each split into heads of head_dim channels.
     qkv = qkv.reshape(bnw, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, N, head_dim)
-    q = q * head_dim**-0.5
-    logits = jnp.einsum("bhnd,bhmd->bhnm", q, k)
-
-    wh, ww = self.window
-    table = self.param("relative_position_bias_table", layers.trunc_normal_init,
-                       ((2 * wh - 1) * (2 * ww - 1), self.num_heads), jnp.float32)
-    logits = logits.astype(jnp.float32) + gather_relative_bias(table, self.window)[None]
+    if self.version == 1:
+      logits = self._scaled_dot_product_logits(q, k)
+    else:
+      logits = self._cosine_logits(q, k)
     logits = add_window_mask(logits, mask)
     probs = nn.softmax(logits, axis=-1)
     self.sow("intermediates", "attn_probs",
@@ -73,3 +104,48 @@ class WindowAttention(nn.Module):
     out = out.transpose(0, 2, 1, 3).reshape(bnw, n, c)
     out = layers.dense(c, "proj", self.dtype)(out)
     return nn.Dropout(self.proj_drop_rate)(out, deterministic=not train)
+
+  # The helpers below run inside the compact __call__ and create its params.
+
+  def _qkv(self, x: jnp.ndarray) -> jnp.ndarray:
+    c = x.shape[-1]
+    if self.version == 1:
+      return layers.dense(3 * c, "qkv", self.dtype, use_bias=self.qkv_bias)(x)
+    qkv = layers.dense(3 * c, "qkv", self.dtype, use_bias=False)(x)
+    if not self.qkv_bias:
+      return qkv
+    q_bias = self.param("q_bias", nn.initializers.zeros, (c,), jnp.float32)
+    v_bias = self.param("v_bias", nn.initializers.zeros, (c,), jnp.float32)
+    bias = jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias])
+    return qkv + bias.astype(qkv.dtype)
+
+  def _scaled_dot_product_logits(self, q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
+    """V1: ``(q / sqrt(head_dim)) @ k^T + relative bias``, float32 ``(B*nW, heads, N, N)``."""
+    q = q * q.shape[-1]**-0.5
+    logits = jnp.einsum("bhnd,bhmd->bhnm", q, k)
+    wh, ww = self.window
+    table = self.param("relative_position_bias_table", layers.trunc_normal_init,
+                       ((2 * wh - 1) * (2 * ww - 1), self.num_heads), jnp.float32)
+    return logits.astype(jnp.float32) + gather_relative_bias(table, self.window)[None]
+
+  def _cosine_logits(self, q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
+    """V2: cosine similarity times the clamped temperature, plus the continuous bias."""
+    q = l2_normalize(q).astype(self.dtype)
+    k = l2_normalize(k).astype(self.dtype)
+    cosine = jnp.einsum("bhnd,bhmd->bhnm", q, k,
+                        preferred_element_type=jnp.promote_types(self.dtype, jnp.float32))
+    logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(10.0)),
+                             (self.num_heads, 1, 1), jnp.float32)
+    # torch.clamp(max=...): the gradient passes where logit_scale <= max, ties included.
+    logit_scale = jnp.where(logit_scale <= MAX_LOGIT_SCALE, logit_scale, MAX_LOGIT_SCALE)
+    logits = cosine * jnp.exp(logit_scale)
+    return logits + self._continuous_position_bias()[None]
+
+  def _continuous_position_bias(self) -> jnp.ndarray:
+    """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, at least float32."""
+    dtype = jnp.promote_types(self.dtype, jnp.float32)
+    coords = window_ops.relative_coords_table(self.window, self.pretrained_window)
+    hidden = layers.dense(CPB_HIDDEN, "cpb_mlp_0", dtype)(jnp.asarray(coords, dtype))
+    table = layers.dense(self.num_heads, "cpb_mlp_2", dtype, use_bias=False)(nn.relu(hidden))
+    bias = gather_relative_bias(table.reshape(-1, self.num_heads), self.window)
+    return CPB_RANGE * nn.sigmoid(bias)

@@ -1,4 +1,4 @@
-"""Named Swin variants (timm's names) with the official hyper-parameters."""
+"""Named Swin V1 and V2 variants (timm's names) with the official hyper-parameters."""
 
 from __future__ import annotations
 
@@ -11,26 +11,62 @@ from swin_jax.models.swin import SwinTransformer
 
 # name -> constructor fields. Depths/heads/dims/windows/drop-path from the official configs
 # (configs/swin/*.yaml); drop-path rates are those of the ImageNet-1K recipes.
-_V1_TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
-_V1_SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
-_V1_BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
-_V1_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+_TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+_BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
 
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
-    "swin_tiny_patch4_window7_224": dict(**_V1_TINY, img_size=224, window_size=7,
+    "swin_tiny_patch4_window7_224": dict(**_TINY, img_size=224, window_size=7,
                                          drop_path_rate=0.2),
-    "swin_small_patch4_window7_224": dict(**_V1_SMALL, img_size=224, window_size=7,
+    "swin_small_patch4_window7_224": dict(**_SMALL, img_size=224, window_size=7,
                                           drop_path_rate=0.3),
-    "swin_base_patch4_window7_224": dict(**_V1_BASE, img_size=224, window_size=7,
+    "swin_base_patch4_window7_224": dict(**_BASE, img_size=224, window_size=7,
                                          drop_path_rate=0.5),
-    "swin_base_patch4_window12_384": dict(**_V1_BASE, img_size=384, window_size=12,
+    "swin_base_patch4_window12_384": dict(**_BASE, img_size=384, window_size=12,
                                           drop_path_rate=0.5),
     # Swin-L was only trained through 22K pretraining; 0.2 is its 22K/22K->1K rate.
-    "swin_large_patch4_window7_224": dict(**_V1_LARGE, img_size=224, window_size=7,
+    "swin_large_patch4_window7_224": dict(**_LARGE, img_size=224, window_size=7,
                                           drop_path_rate=0.2),
-    "swin_large_patch4_window12_384": dict(**_V1_LARGE, img_size=384, window_size=12,
+    "swin_large_patch4_window12_384": dict(**_LARGE, img_size=384, window_size=12,
                                            drop_path_rate=0.2),
 }
+
+# Swin V2 (configs/swinv2/*.yaml; timm's names). 1K models: drop path T .2, S .3, B .5;
+# 22K pretraining at 192/W12 and its 22K->1K fine-tunes: .2. The fine-tunes normalise the
+# continuous position bias by the pretraining windows: 12, with stage 4 clamped to 6.
+_V2 = dict(version=2)
+_V2_PRETRAINED_W12 = dict(pretrained_window_sizes=(12, 12, 12, 6))
+MODEL_CONFIGS.update({
+    "swinv2_tiny_window8_256": dict(**_TINY, **_V2, img_size=256, window_size=8,
+                                    drop_path_rate=0.2),
+    "swinv2_tiny_window16_256": dict(**_TINY, **_V2, img_size=256, window_size=16,
+                                     drop_path_rate=0.2),
+    "swinv2_small_window8_256": dict(**_SMALL, **_V2, img_size=256, window_size=8,
+                                     drop_path_rate=0.3),
+    "swinv2_small_window16_256": dict(**_SMALL, **_V2, img_size=256, window_size=16,
+                                      drop_path_rate=0.3),
+    "swinv2_base_window8_256": dict(**_BASE, **_V2, img_size=256, window_size=8,
+                                    drop_path_rate=0.5),
+    "swinv2_base_window16_256": dict(**_BASE, **_V2, img_size=256, window_size=16,
+                                     drop_path_rate=0.5),
+    "swinv2_base_window12_192": dict(**_BASE, **_V2, img_size=192, window_size=12,
+                                     num_classes=21841, drop_path_rate=0.2),
+    "swinv2_base_window12to16_192to256": dict(**_BASE, **_V2, **_V2_PRETRAINED_W12,
+                                              img_size=256, window_size=16,
+                                              drop_path_rate=0.2),
+    "swinv2_base_window12to24_192to384": dict(**_BASE, **_V2, **_V2_PRETRAINED_W12,
+                                              img_size=384, window_size=24,
+                                              drop_path_rate=0.2),
+    "swinv2_large_window12_192": dict(**_LARGE, **_V2, img_size=192, window_size=12,
+                                      num_classes=21841, drop_path_rate=0.2),
+    "swinv2_large_window12to16_192to256": dict(**_LARGE, **_V2, **_V2_PRETRAINED_W12,
+                                               img_size=256, window_size=16,
+                                               drop_path_rate=0.2),
+    "swinv2_large_window12to24_192to384": dict(**_LARGE, **_V2, **_V2_PRETRAINED_W12,
+                                               img_size=384, window_size=24,
+                                               drop_path_rate=0.2),
+})
 
 ALIASES = {
     "swin_t": "swin_tiny_patch4_window7_224",
@@ -74,6 +110,7 @@ def create_model(name: str, **overrides: Any) -> SwinTransformer:
   """A Flax Linen ``SwinTransformer`` for ``name`` (see ``list_models()``).
 
   Overrides are any constructor field, e.g. ``num_classes=21841``, ``img_size=384``,
-  ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``.
+  ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``,
+  ``pretrained_window_sizes=(8, 8, 8, 8)`` (V2).
   """
   return SwinTransformer(**model_config(name, **overrides))

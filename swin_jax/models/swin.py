@@ -1,8 +1,22 @@
-"""The Swin Transformer backbone and classifier (official V1 numerics), NHWC.
+"""The Swin Transformer backbone and classifier, V1 and V2 (official numerics), NHWC.
+
+One implementation for both generations; ``version`` selects the V2 variant of three parts:
+
+* the block: V1 pre-norm ``x + DP(attn(LN1(x)))``; V2 res-post-norm ``x + DP(LN1(attn(x)))``
+  with LN1/LN2 zero-initialised (every block starts as the identity);
+* the attention (``attention.WindowAttention``): V1 scaled dot product + bias table; V2
+  cosine attention with a learnt temperature + continuous position bias (CPB MLP), whose
+  coordinates are normalised by ``pretrained_window_sizes`` when set;
+* PatchMerging: V1 LayerNorm(4C) then reduction; V2 reduction then LayerNorm(2C).
+
+Everything else (patch embedding, window geometry and clamp, cyclic shift, padding, masks,
+stages, final norm, head, drop path) is shared.
 
 Param tree mirrors the official PyTorch names (``layers_0/blocks_1/attn/qkv``,
-``layers_0/downsample/reduction``, ``patch_embed/proj``, ``norm``, ``head``), so that
-conversion is a key rename plus layout transposes (see ``swin_jax.convert``).
+``layers_0/downsample/reduction``, ``patch_embed/proj``, ``norm``, ``head``; V2 adds
+``attn/q_bias``, ``attn/v_bias``, ``attn/logit_scale``, ``attn/cpb_mlp_0``,
+``attn/cpb_mlp_2``), so that conversion is a key rename plus layout transposes (see
+``swin_jax.convert``).
 
 Input sizes: the window clamp of each stage is fixed at construction from ``img_size``
 (as in the official code and timm); at run time any size that is a multiple of the patch
@@ -12,6 +26,7 @@ maps are padded before a merge, exactly like timm with ``strict_img_size=False``
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -27,9 +42,13 @@ Pair = window_ops.Pair
 
 
 class SwinTransformerBlock(nn.Module):
-  """Pre-norm block ``(B, H, W, C) -> (B, H, W, C)``: (shifted) window attention, then MLP.
+  """Block ``(B, H, W, C) -> (B, H, W, C)``: (shifted) window attention, then MLP.
 
-  ``window`` and ``shift`` are already clamped for this stage's resolution.
+  ``version=1``: pre-norm, ``x + DP(attn(LN1(x)))`` then ``x + DP(MLP(LN2(x)))``.
+  ``version=2``: res-post-norm, ``x + DP(LN1(attn(x)))`` then ``x + DP(LN2(MLP(x)))``, with
+  LN1/LN2 initialised to zero (scale and bias), as the official ``_init_respostnorm``.
+  ``window`` and ``shift`` are already clamped for this stage's resolution;
+  ``pretrained_window`` (V2) normalises the continuous position bias' coordinates.
   """
   dim: int
   num_heads: int
@@ -40,15 +59,23 @@ class SwinTransformerBlock(nn.Module):
   drop_rate: float = 0.0
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
+  version: int = 1
+  pretrained_window: Pair = (0, 0)
   dtype: Dtype = jnp.float32
 
   def setup(self):
-    self.norm1 = layers.LayerNorm(dtype=self.dtype)
+    if self.version == 1:
+      norm = layers.LayerNorm
+    else:
+      norm = functools.partial(layers.LayerNorm, scale_init=nn.initializers.zeros,
+                               bias_init=nn.initializers.zeros)
+    self.norm1 = norm(dtype=self.dtype)
     self.attn = attention.WindowAttention(
         self.dim, self.num_heads, self.window, qkv_bias=self.qkv_bias,
-        attn_drop_rate=self.attn_drop_rate, proj_drop_rate=self.drop_rate, dtype=self.dtype)
+        attn_drop_rate=self.attn_drop_rate, proj_drop_rate=self.drop_rate,
+        version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype)
     self.drop_path = layers.DropPath(self.drop_path_rate)
-    self.norm2 = layers.LayerNorm(dtype=self.dtype)
+    self.norm2 = norm(dtype=self.dtype)
     self.mlp = layers.Mlp(int(self.dim * self.mlp_ratio), self.dim, self.drop_rate, self.dtype)
 
   def window_attention(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -72,14 +99,18 @@ class SwinTransformerBlock(nn.Module):
     return x
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    x = x + self.drop_path(self.window_attention(self.norm1(x), train), train)
-    return x + self.drop_path(self.mlp(self.norm2(x), train), train)
+    if self.version == 1:
+      x = x + self.drop_path(self.window_attention(self.norm1(x), train), train)
+      return x + self.drop_path(self.mlp(self.norm2(x), train), train)
+    x = x + self.drop_path(self.norm1(self.window_attention(x, train)), train)
+    return x + self.drop_path(self.norm2(self.mlp(x, train)), train)
 
 
 class SwinStage(nn.Module):
   """Blocks alternating W-MSA / SW-MSA, then an optional PatchMerging.
 
-  ``windows[j]`` / ``shifts[j]`` give block j's (clamped) window and shift.
+  ``windows[j]`` / ``shifts[j]`` give block j's (clamped) window and shift;
+  ``pretrained_window`` is the stage's V2 pretraining window ((0, 0): none).
   Returns ``(features, output)``: the blocks' output ``(B, H, W, C)`` (what dense heads use)
   and the merged map ``(B, H/2, W/2, 2C)`` (or the features again for the last stage).
   """
@@ -93,6 +124,8 @@ class SwinStage(nn.Module):
   qkv_bias: bool = True
   drop_rate: float = 0.0
   attn_drop_rate: float = 0.0
+  version: int = 1
+  pretrained_window: Pair = (0, 0)
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -100,11 +133,13 @@ class SwinStage(nn.Module):
         SwinTransformerBlock(
             self.dim, self.num_heads, window, shift, mlp_ratio=self.mlp_ratio,
             qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
-            attn_drop_rate=self.attn_drop_rate, drop_path_rate=float(rate), dtype=self.dtype)
+            attn_drop_rate=self.attn_drop_rate, drop_path_rate=float(rate),
+            version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype)
         for window, shift, rate in zip(self.windows, self.shifts, self.drop_path_rates)
     ]
     if self.downsample_dim is not None:
-      self.downsample = layers.PatchMerging(self.downsample_dim, dtype=self.dtype)
+      self.downsample = layers.PatchMerging(self.downsample_dim, norm_after=self.version == 2,
+                                            dtype=self.dtype)
 
   def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
     for block in self.blocks:
@@ -119,6 +154,13 @@ class SwinTransformer(nn.Module):
 
   ``num_classes=0`` returns the pooled, normalised features ``(B, 8C)`` instead.
   ``features()`` returns the four stage outputs for dense heads (see its docstring).
+
+  ``version``: 1 (Swin) or 2 (Swin V2: res-post-norm, cosine attention, continuous position
+  bias, PatchMerging with the norm after the reduction; see the module docstring).
+  ``pretrained_window_sizes`` (V2 only): per stage, the window size the weights were
+  pretrained with (an int or an (h, w) pair; 0 = this model's own clamped window), e.g.
+  ``(12, 12, 12, 6)`` for the 192/W12 -> 256/W16 fine-tunes. It only rescales the CPB
+  coordinates; all V2 params are independent of the window size.
   """
   img_size: int | Sequence[int] = 224
   patch_size: int = 4
@@ -138,6 +180,8 @@ class SwinTransformer(nn.Module):
   # LayerNorm each stage output in ``features()`` (params ``norm0..norm3``, the official
   # detection/segmentation backbone's names).
   feature_norm: bool = False
+  version: int = 1
+  pretrained_window_sizes: Sequence[int | Sequence[int]] = (0, 0, 0, 0)
   dtype: Dtype = jnp.float32
 
   @property
@@ -160,11 +204,32 @@ class SwinTransformer(nn.Module):
     shift = (window[0] // 2, window[1] // 2) if block % 2 else (0, 0)
     return window_ops.clamp_window(self.stage_resolutions()[stage], window, shift)
 
-  def setup(self):
+  def pretrained_window(self, stage: int) -> Pair:
+    """Stage ``stage``'s V2 pretraining window, ``(0, 0)`` for none."""
+    sizes = tuple(self.pretrained_window_sizes)
+    if not any(window_ops.to_pair(size) != (0, 0) for size in sizes):
+      return (0, 0)  # the all-zero default fits any number of stages
+    return window_ops.to_pair(sizes[stage])
+
+  def _check_config(self) -> None:
     num_stages = len(self.depths)
     if len(self.num_heads) != num_stages:
       raise ValueError(f"depths {tuple(self.depths)} and num_heads {tuple(self.num_heads)} "
                        "must have one entry per stage")
+    if self.version not in (1, 2):
+      raise ValueError(f"version must be 1 (Swin) or 2 (Swin V2), got {self.version!r}")
+    sizes = tuple(self.pretrained_window_sizes)
+    if any(window_ops.to_pair(size) != (0, 0) for size in sizes):
+      if self.version != 2:
+        raise ValueError(f"pretrained_window_sizes {sizes} is a Swin V2 setting (continuous "
+                         f"position bias); this model has version={self.version}")
+      if len(sizes) != num_stages:
+        raise ValueError(f"pretrained_window_sizes {sizes} must have one entry per stage "
+                         f"({num_stages})")
+
+  def setup(self):
+    self._check_config()
+    num_stages = len(self.depths)
     self.patch_embed = layers.PatchEmbed(self.patch_size, self.embed_dim, self.in_chans,
                                          self.patch_norm, self.dtype)
     if self.ape:
@@ -182,7 +247,8 @@ class SwinTransformer(nn.Module):
           dim, heads, windows, shifts, tuple(rates[starts[i]:starts[i + 1]]),
           downsample_dim=2 * dim if i < num_stages - 1 else None, mlp_ratio=self.mlp_ratio,
           qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
-          attn_drop_rate=self.attn_drop_rate, dtype=self.dtype))
+          attn_drop_rate=self.attn_drop_rate, version=self.version,
+          pretrained_window=self.pretrained_window(i), dtype=self.dtype))
     self.layers = stages
     if self.feature_norm:
       for i in range(num_stages):

@@ -135,3 +135,25 @@ def clamp_window(resolution: Pair, window: Pair, shift: Pair) -> tuple[Pair, Pai
   new_window = tuple(r if r <= w else w for r, w in zip(resolution, window))
   new_shift = tuple(0 if r <= w else s for r, w, s in zip(resolution, new_window, shift))
   return new_window, new_shift
+
+
+@functools.lru_cache(maxsize=None)
+def relative_coords_table(window: Pair, pretrained_window: Pair = (0, 0)) -> np.ndarray:
+  """Swin V2's log-spaced relative coordinates, the input of the continuous position bias.
+
+  Returns ``(2 wh - 1, 2 ww - 1, 2)`` float32: entry ``[i, j]`` holds the (dh, dw) offset
+  ``(i - (wh - 1), j - (ww - 1))``, each divided by ``pretrained - 1`` (the window the
+  weights were trained with) or, when that is 0, by ``window - 1`` (at least 1), scaled to
+  [-8, 8] and mapped through ``sign(x) * log2(|x| + 1) / log2(8)``. ``window`` is the
+  (clamped) window of the block. Row-major over (dh, dw), so ``relative_position_index``
+  indexes its flattened ``((2wh-1)(2ww-1), 2)`` form, as in the official code.
+  """
+  axes = []
+  for size, pretrained in zip(window, pretrained_window):
+    offsets = np.arange(-(size - 1), size, dtype=np.float32)
+    axes.append(offsets / np.float32(max((pretrained if pretrained > 0 else size) - 1, 1)))
+  table = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1) * np.float32(8)
+  table = np.sign(table) * np.log2(np.abs(table) + np.float32(1)) / np.float32(np.log2(8))
+  table = table.astype(np.float32)
+  table.flags.writeable = False
+  return table
