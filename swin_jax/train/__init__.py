@@ -1,0 +1,1 @@
+"""Training system: config schema, optimizer, sharding, checkpoints, steps and loop."""

@@ -1,0 +1,159 @@
+"""The training loop in-process on 8 CPU devices: meshes, shipped configs, bad input."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import data_fakes
+from swin_jax.data import demo_dataset, imagenet22k, sources
+from swin_jax.models import registry
+from swin_jax.train import checkpoint as checkpoint_lib
+from swin_jax.train import config as config_lib
+from swin_jax.train import loop
+from train_runs import REPO, TINY_CONFIG, run_main, train_losses
+
+SHIPPED_CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py"))
+
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """Real demo digits, a fake imagenet2012 (1000 classes) and a fake imagenet22k."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  demo_dataset.ensure_demo_dataset(path)
+  data_fakes.build_fake_imagenet(path, num_examples=16, eval_examples=8, num_classes=1000)
+  manual = tmp_path_factory.mktemp("fall11")
+  rng = np.random.default_rng(0)
+  for wnid in imagenet22k.synsets()[:3]:
+    os.makedirs(manual / wnid)
+    for i in range(14):  # 10 held out per class, 4 train
+      pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(manual / wnid / f"{wnid}_{i}.JPEG")
+  imagenet22k.build(str(manual), path)
+  return path
+
+
+def test_shipped_configs_are_found():
+  names = {os.path.basename(p) for p in SHIPPED_CONFIGS}
+  assert {"demo.py", "swin_t_1k.py", "swin_s_1k.py", "swin_b_1k.py", "swin_b_22k.py",
+          "swin_l_22k.py", "swin_b_22kto1k.py", "swin_b_384_ft.py"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
+def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp_path):
+  """The config as shipped (dataset, classes, image size, recipe) with a tiny model/batch."""
+  config = load_config(path)
+  config_lib.validate_config(config)
+  stages = len(registry.model_config(config.model.name, **config.model.overrides)["depths"])
+  config.model.overrides.update(dict(embed_dim=8, depths=(2,) + (1,) * (stages - 1),
+                                     num_heads=(1,) * stages))
+  config.dataset.data_dir = data_dir
+  config.dataset.read_threads = 2
+  config.batch_size = config.eval_batch_size = 8
+  config.total_steps = 2
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 2
+  config.eval_every_steps = 0
+  if config.dataset.name == demo_dataset.DEMO_DATASET:
+    config.dataset.eval_split = "test[:8]"
+  result = loop.train_and_evaluate(config, str(tmp_path))
+  logits_classes = result.state.params["head"]["bias"].shape[0]
+  assert logits_classes == config.dataset.num_classes
+  assert np.isfinite(result.metrics["train/loss"])
+  assert 0.0 <= result.metrics["eval/top1"] <= 1.0
+  assert [s for s, _ in train_losses(str(tmp_path))] == [1, 2]
+  assert checkpoint_lib.Checkpointer(str(tmp_path)).latest_step() == 2
+
+
+def tiny_config(data_dir, **overrides):
+  config = load_config(TINY_CONFIG)
+  config.dataset.data_dir = data_dir
+  config.eval_batch_size = 8
+  config.dataset.eval_split = "test[:8]"
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def test_meshes_1x1_8x1_4x2_give_the_same_losses_and_fsdp_splits_kernels(data_dir,
+                                                                         tmp_path):
+  losses = {}
+  for shape in [(1, 1), (8, 1), (4, 2)]:
+    workdir = str(tmp_path / f"mesh_{shape[0]}x{shape[1]}")
+    config = tiny_config(data_dir, mesh_shape=shape, total_steps=10,
+                         checkpoint_every_steps=10, fsdp_min_weight_size=1024)
+    result = loop.train_and_evaluate(config, workdir)
+    losses[shape] = np.array([loss for _, loss in train_losses(workdir)])
+    if shape == (4, 2):
+      kernel = result.state.params["layers_1"]["blocks_0"]["mlp"]["fc1"]["kernel"]  # (32, 128)
+      assert "fsdp" in str(kernel.sharding.spec)
+      assert kernel.addressable_shards[0].data.size == kernel.size // 2
+      mu = jax.tree.leaves(result.state.opt_state)  # AdamW moments shard like their params
+      assert any(getattr(leaf, "shape", None) == kernel.shape and
+                 leaf.sharding.spec == kernel.sharding.spec for leaf in mu)
+  assert len(losses[(1, 1)]) == 10
+  for shape in [(8, 1), (4, 2)]:
+    np.testing.assert_allclose(losses[shape], losses[(1, 1)], rtol=1e-4)
+
+
+def test_non_finite_loss_stops_the_run_without_writing_a_checkpoint(data_dir, tmp_path):
+  config = tiny_config(data_dir, total_steps=4, checkpoint_every_steps=1)
+  config.optimizer.base_lr = float("nan")  # NaN params after the first update
+  with pytest.raises(loop.NonFiniteLossError, match="non-finite training metrics at step 1"):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert checkpoint_lib.Checkpointer(str(tmp_path)).latest_step() is None
+
+
+def test_22k_config_without_the_dataset_fails_naming_dataset_dir_and_readme(tmp_path):
+  config = load_config(os.path.join(REPO, "configs", "swin_b_22k.py"))
+  config.dataset.data_dir = str(tmp_path / "no_data_here")
+  with pytest.raises(sources.DatasetNotFoundError) as error:
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  message = str(error.value)
+  assert "imagenet22k" in message and str(tmp_path / "no_data_here") in message
+  assert 'README "Preparing ImageNet-1K and ImageNet-22K"' in message
+
+
+def test_misspelt_config_field_is_rejected_by_name(data_dir):
+  config = tiny_config(data_dir)
+  config.batch_sise = 32
+  with pytest.raises(ValueError, match="unknown config field 'batch_sise'"):
+    config_lib.validate_config(config)
+
+
+def test_misspelt_command_line_override_is_rejected_by_name(data_dir, tmp_path):
+  process = run_main(str(tmp_path), data_dir, "--config.optimizer.base_lrr=0.1")
+  assert process.returncode != 0
+  assert "base_lrr" in process.stderr
+
+
+def test_run_writes_metrics_jsonl_tensorboard_and_its_config(data_dir, tmp_path):
+  config = tiny_config(data_dir, total_steps=3, checkpoint_every_steps=3)
+  loop.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "metrics.jsonl") as f:
+    lines = [json.loads(line) for line in f]
+  assert lines[0]["step"] == 1 and {"train/loss", "train/lr"} <= set(lines[0])
+  assert {"eval/top1", "eval/top5"} <= set(lines[-1]) and lines[-1]["step"] == 3
+  assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["model"]["name"] == config.model.name
