@@ -52,7 +52,8 @@ def data_dir(tmp_path_factory):
 def test_shipped_configs_are_found():
   names = {os.path.basename(p) for p in SHIPPED_CONFIGS}
   assert {"demo.py", "swin_t_1k.py", "swin_s_1k.py", "swin_b_1k.py", "swin_b_22k.py",
-          "swin_l_22k.py", "swin_b_22kto1k.py", "swin_b_384_ft.py"} <= names
+          "swin_l_22k.py", "swin_b_22kto1k.py", "swin_b_384_ft.py", "swinv2_t_1k.py",
+          "swinv2_b_22k.py", "swinv2_b_22kto1k_256.py"} <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
