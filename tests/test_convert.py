@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import swin_jax
+from torch_oracle import timm_to_official
 from swin_jax.convert import (CheckpointMismatchError, export_torch_state_dict,
                               load_torch_checkpoint, map_22k_to_1k, resize_bias_table)
 from swin_jax.models import SwinTransformer
@@ -53,18 +54,6 @@ def _random_state_dict(timm_model: torch.nn.Module, seed: int) -> dict[str, torc
   return out
 
 
-def _timm_to_official(sd: dict) -> dict:
-  """The inverse of timm's ``checkpoint_filter_fn`` renames (spec section 4)."""
-  out = {}
-  for key, value in sd.items():
-    if m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
-      key = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
-    elif key.startswith("head.fc."):
-      key = "head." + key[len("head.fc."):]
-    out[key] = value
-  return out
-
-
 def _official_buffers(timm_model: torch.nn.Module) -> dict[str, torch.Tensor]:
   """The official persistent buffers, as timm computes them (timm's are not persistent)."""
   out = {}
@@ -79,7 +68,7 @@ def _official_buffers(timm_model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _expected_params(timm_model: torch.nn.Module, timm_sd: dict) -> dict:
   """Flat ``{flax_path: np.ndarray}`` for a timm-layout state dict, from timm's module types."""
-  official = _timm_to_official(timm_sd)
+  official = timm_to_official(timm_sd)
   renamed = dict(zip(official, timm_sd))  # official key -> timm key
   out = {}
   for key, value in official.items():
@@ -174,7 +163,7 @@ def timm_sd(tiny_timm):
 
 @pytest.fixture(scope="module")
 def official_sd(timm_sd):
-  return _timm_to_official(timm_sd)
+  return timm_to_official(timm_sd)
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +253,7 @@ def test_22k_head_is_mapped_to_1k(layout):
   tm = _timm_model(num_classes=21841)
   sd = _random_state_dict(tm, seed=2)
   if layout == "official":
-    sd = _timm_to_official(sd)
+    sd = timm_to_official(sd)
   prefix = "head." if layout == "official" else "head.fc."
   w22k, b22k = sd[prefix + "weight"].numpy(), sd[prefix + "bias"].numpy()
   assert w22k.shape == (21841, 64)
@@ -414,7 +403,7 @@ def _problem_lines(message: str, kind: str) -> list[str]:
 
 
 def test_wrong_variant_lists_every_mismatch(model, official_sd):
-  big = _timm_to_official(_random_state_dict(_timm_model(embed_dim=32), seed=6))
+  big = timm_to_official(_random_state_dict(_timm_model(embed_dim=32), seed=6))
   assert sorted(big) == sorted(official_sd)
   mismatched = [k for k in big if big[k].shape != official_sd[k].shape]
   assert len(mismatched) > 20
@@ -500,7 +489,7 @@ def test_malformed_table_is_reported_as_mismatch(model, timm_sd, expected, shape
 
 
 def test_not_strict_keeps_fallback_for_what_does_not_fit(model, official_sd, expected, caplog):
-  big = _timm_to_official(_random_state_dict(_timm_model(embed_dim=32), seed=6))
+  big = timm_to_official(_random_state_dict(_timm_model(embed_dim=32), seed=6))
   sd = {k: v for k, v in big.items() if k != "layers.2.blocks.1.attn.relative_position_bias_table"}
   sd["foo.bar.weight"] = torch.zeros(2)
   fallback = {path: np.full(v.shape, 7.0, np.float32) for path, v in expected.items()}

@@ -8,7 +8,6 @@ Subprocesses run two at a time to keep the import overhead down.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ import timm
 import torch
 
 import swin_jax
+from torch_oracle import timm_to_official
 from swin_jax.convert import load_torch_checkpoint
 from swin_jax.convert.params_dir import load_params_dir
 
@@ -42,17 +42,6 @@ def _finish(process: subprocess.Popen) -> tuple[int, str, str]:
   return process.returncode, stdout, stderr
 
 
-def _timm_to_official(sd: dict) -> dict:
-  out = {}
-  for key, value in sd.items():
-    if m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
-      key = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
-    elif key.startswith("head.fc."):
-      key = "head." + key[len("head.fc."):]
-    out[key] = value
-  return out
-
-
 def _flatten(tree, prefix=()) -> dict:
   out = {}
   for key, value in tree.items():
@@ -71,7 +60,7 @@ def cli(tmp_path_factory):
   gen = torch.Generator().manual_seed(0)
   # Random values in every tensor; scaled so that the 12-block forward stays finite.
   timm_sd = {k: 0.1 * torch.randn(v.shape, generator=gen) for k, v in tm.state_dict().items()}
-  official_sd = _timm_to_official(timm_sd)
+  official_sd = timm_to_official(timm_sd)
   buffers = {}
   for i, stage in enumerate(tm.layers):
     for j, block in enumerate(stage.blocks):

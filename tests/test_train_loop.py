@@ -10,10 +10,9 @@ import os
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 import data_fakes
-from swin_jax.data import demo_dataset, imagenet22k, sources
+from swin_jax.data import demo_dataset, sources
 from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
@@ -38,14 +37,7 @@ def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
   demo_dataset.ensure_demo_dataset(path)
   data_fakes.build_fake_imagenet(path, num_examples=16, eval_examples=8, num_classes=1000)
-  manual = tmp_path_factory.mktemp("fall11")
-  rng = np.random.default_rng(0)
-  for wnid in imagenet22k.synsets()[:3]:
-    os.makedirs(manual / wnid)
-    for i in range(14):  # 10 held out per class, 4 train
-      pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
-      Image.fromarray(pixels).save(manual / wnid / f"{wnid}_{i}.JPEG")
-  imagenet22k.build(str(manual), path)
+  data_fakes.build_fake_imagenet22k(path, num_classes=3, train_per_class=4)
   return path
 
 

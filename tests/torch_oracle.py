@@ -10,6 +10,7 @@ transpose to NCHW for timm. Every model is float32 and in eval mode.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -148,3 +149,44 @@ def loss_and_grads(model: torch.nn.Module, images_nhwc: np.ndarray, weights: np.
   grads = {name: param.grad.detach().numpy().copy() for name, param in model.named_parameters()
            if param.grad is not None}
   return float(loss.detach()), grads, nchw_to_nhwc(x.grad)
+
+
+def timm_to_official(sd: dict) -> dict:
+  """The inverse of timm's ``checkpoint_filter_fn`` renames (spec section 4), written
+  independently of swin_jax's converter."""
+  out = {}
+  for key, value in sd.items():
+    if m := re.match(r"^layers\.(\d+)\.downsample\.(.*)$", key):
+      key = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
+    elif key.startswith("head.fc."):
+      key = "head." + key[len("head.fc."):]
+    out[key] = value
+  return out
+
+
+def assert_gradients_match(grads: dict, ref_grads: dict, image_grad, ref_image_grad,
+                           atol: float) -> None:
+  """Every parameter gradient (timm names) and the input gradient agree within
+  ``atol * max(1, max |reference|)``; a zero reference gradient fails (vacuous test)."""
+  def max_abs_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b)))
+
+  assert set(grads) == set(ref_grads), sorted(set(grads) ^ set(ref_grads))
+  failures = []
+  worst = (0.0, "")
+  for name, ref in ref_grads.items():
+    assert np.any(ref != 0), f"{name}: zero torch gradient, the test would be vacuous"
+    diff = max_abs_diff(grads[name], ref)
+    tol = atol * max(1.0, float(np.abs(ref).max()))
+    worst = max(worst, (diff / tol, f"{name}: {diff:.3g} (max |grad| {np.abs(ref).max():.3g})"))
+    if diff > tol:
+      failures.append(f"{name}: max |diff| {diff:.3g} > {tol:.3g}")
+  print(f"worst parameter gradient (relative to its tolerance): {worst[1]}")
+  assert not failures, "\n".join(failures)
+
+  diff = max_abs_diff(image_grad, ref_image_grad)
+  tol = atol * max(1.0, float(np.abs(ref_image_grad).max()))
+  print(f"input gradient: max |diff| = {diff:.3g}, max |grad| {np.abs(ref_image_grad).max():.3g}")
+  assert diff <= tol, f"input gradient: max |diff| {diff:.3g} > {tol:.3g}"
