@@ -13,10 +13,11 @@ from swin_jax.train.config import base_config
 def get_config():
   config = base_config()
   config.model.name = "swin_tiny_patch4_window7_224"
-  # A 2-stage Swin on 32x32 digits with 4x4 patches: 8x8 tokens in 4x4 windows (W-MSA, then
-  # SW-MSA with a shift of 2 and the -100 mask), a 2x2 merge, then 4x4 tokens in one window.
+  # A 3-stage Swin on 32x32 digits with 2x2 patches: 16x16 tokens in 4x4 windows (W-MSA,
+  # then SW-MSA: shift 2 with the -100 mask), merged to 8x8 (shifted windows again), then 4x4
+  # (one window, no shift).
   config.model.overrides = ConfigDict(dict(
-      img_size=32, patch_size=4, embed_dim=96, depths=(2, 2), num_heads=(3, 6),
+      img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
       window_size=4, num_classes=10, drop_path_rate=0.05))
   config.dataset.name = "swin_demo_mnist"
   config.dataset.train_split = "train"
@@ -32,7 +33,7 @@ def get_config():
   config.aug.randaugment = ""
   config.aug.reprob = 0.0
   config.mixup.label_smoothing = 0.1
-  config.optimizer.base_lr = 1e-3
+  config.optimizer.base_lr = 1.5e-3
   config.optimizer.warmup_lr = 1e-5
   config.optimizer.min_lr = 1e-5
   config.optimizer.reference_batch_size = 64
