@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # Each pytest worker simulates 8 CPU devices (tests/conftest.py); 2 workers for 2 cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
+
+# Speed, compile time, memory and MACs of swin_jax beside timm, in one run (slow on 2 cores).
+bench: $(STAMP)
+	$(PY) -m swin_jax.bench --model swin_tiny_patch4_window7_224,swin_base_patch4_window7_224 --batch 8,32 --vs timm --out experiments/benchmarks.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

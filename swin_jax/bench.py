@@ -1,0 +1,745 @@
+"""Throughput, compile time, memory and MACs of swin_jax models, optionally against timm.
+
+    python -m swin_jax.bench --model swin_tiny_patch4_window7_224 --batch 8,32 --vs timm \\
+        --out experiments/benchmarks.json
+
+For each (model, batch) it measures, for swin_jax:
+
+* forward img/s: jitted ``model.apply({'params': p}, x, train=False)``;
+* train-step img/s: the real jitted ``swin_jax.train.step.train_step`` (AdamW from
+  ``make_optimizer`` with ``base_config()`` values, clipping, no-decay mask; mixup off;
+  stochastic depth on as in the recipe; the state is donated);
+* jit compile seconds: wall time of ``jax.jit(f).lower(...).compile()`` (tracing +
+  lowering + XLA compilation);
+* memory: XLA's buffer assignment of each compiled executable (``memory_analysis()``:
+  arguments + outputs + temporaries - aliased (donated) bytes) and the worker process's RSS
+  high-water mark (``ru_maxrss``);
+* MACs per image: ``compiled.cost_analysis()['flops'] / 2 / batch`` (XLA counts every op:
+  elementwise ops, softmax, GELU, norms count one flop per element, so this is a few % above
+  the official count), the matmul/conv MACs read from the StableHLO (dot_general and
+  convolution only), the official ``flops()`` convention computed analytically
+  (``analytic_macs``) and the paper's figure;
+
+and with ``--vs timm`` the same throughputs for ``timm.create_model(name)`` (PyTorch eager,
+no ``torch.compile``, same threads, NCHW input) plus the ratios swin_jax / timm.
+
+Timings are medians over ``--repeats`` runs after ``--warmup`` runs. Each (framework, model,
+batch) runs in its own worker process (unless ``--no_isolate``), so RSS peaks are not
+mixed up and torch/JAX never share a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+# Paper / official-README MACs per image (G), at each model's own resolution.
+PAPER_GMACS = {
+    "swin_tiny_patch4_window7_224": 4.5,
+    "swin_small_patch4_window7_224": 8.7,
+    "swin_base_patch4_window7_224": 15.4,
+    "swin_base_patch4_window12_384": 47.0,
+    "swin_large_patch4_window7_224": 34.5,
+    "swin_large_patch4_window12_384": 103.9,
+    "swinv2_tiny_window8_256": 5.9,
+    "swinv2_tiny_window16_256": 6.6,
+    "swinv2_small_window8_256": 11.5,
+    "swinv2_small_window16_256": 12.6,
+    "swinv2_base_window8_256": 20.3,
+    "swinv2_base_window16_256": 21.8,
+}
+
+MB = 1024.0 * 1024.0
+
+
+# ----------------------------------------------------------------------------------------
+# MAC counts that need no timing.
+
+
+def analytic_macs(model: Any, img_size: int | Sequence[int] | None = None) -> dict[str, float]:
+  """MACs per image of a ``SwinTransformer`` in the official ``flops()`` convention.
+
+  Conventions of microsoft/Swin-Transformer ``models/swin_transformer.py`` ``flops()``
+  (which counts multiply-adds): patch-embed conv ``Ho*Wo*C*in*p*p`` (+ ``Ho*Wo*C`` for its
+  norm); per block: each LayerNorm ``C*H*W``, per window of N tokens qkv ``N*C*3C``,
+  ``q@k^T`` and ``attn@v`` ``heads*N*N*(C/heads)`` each, proj ``N*C*C``; MLP
+  ``2*H*W*C*(mlp_ratio*C)``; PatchMerging ``H*W*C`` (norm on 4C) ``+ (H/2)(W/2)*4C*2C``;
+  final pooling ``num_features * Hp*Wp // 2**num_stages`` (official formula, verbatim) and
+  the head ``num_features * num_classes``. Not counted (as in the official code): biases,
+  softmax, GELU, scaling, residual adds, position bias / mask adds, V2's CPB MLP.
+
+  One deliberate deviation: the official code assumes H, W divisible by the window
+  (``nW = H*W/ws^2``); here ``nW = ceil(H/wh)*ceil(W/ww)``, i.e. the zero-padding windows the
+  model really computes are counted (identical when divisible). Merges of odd maps count
+  the padded map. ``img_size`` defaults to the model's ``img_size``.
+  """
+  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
+  h_img, w_img = window_ops.to_pair(model.img_size if img_size is None else img_size)
+  p = model.patch_size
+  h, w = h_img // p, w_img // p
+  c = model.embed_dim
+  num_stages = len(model.depths)
+  nf = c * 2**(num_stages - 1)
+  patch_norm = h * w * c if model.patch_norm else 0
+  pool = nf * h * w // 2**num_stages  # the official formula, verbatim
+  out = dict(patch_embed=h * w * c * model.in_chans * p * p + patch_norm, norms=0, attn_linear=0,
+             attn_matmul=0, mlp=0, merge=0, head=pool + nf * max(model.num_classes, 0))
+  merge_norms = 0
+  for i, (depth, heads) in enumerate(zip(model.depths, model.num_heads)):
+    dim = c * 2**i
+    for j in range(depth):
+      (wh, ww), _ = model.block_geometry(i, j)
+      n = wh * ww
+      num_windows = math.ceil(h / wh) * math.ceil(w / ww)
+      out["norms"] += 2 * dim * h * w
+      out["attn_linear"] += num_windows * (n * dim * 3 * dim + n * dim * dim)
+      out["attn_matmul"] += num_windows * 2 * heads * n * n * (dim // heads)
+      out["mlp"] += 2 * h * w * dim * int(dim * model.mlp_ratio)
+    if i < num_stages - 1:
+      h, w = -(-h // 2), -(-w // 2)
+      merge_norms += h * w * 4 * dim
+      out["merge"] += h * w * 4 * dim + h * w * 4 * dim * 2 * dim
+  out["total"] = sum(out.values())
+  # The terms of the total that are not matmuls/convs: LayerNorms and the final pooling.
+  out["norm_terms"] = out["norms"] + patch_norm + merge_norms + pool
+  return out
+
+
+_TENSOR = re.compile(r"tensor<([0-9x]*)x?[a-z]+[0-9]*>")
+_FUNC = re.compile(r"func\.func\s+(?:public\s+|private\s+)?@([\w.$-]+)")
+_CALL = re.compile(r"(?:func\.)?call\s+@([\w.$-]+)")
+
+
+def _dims(spec: str) -> list[int]:
+  return [int(d) for d in spec.split("x") if d]
+
+
+def _line_macs(line: str) -> int:
+  """MACs of one StableHLO ``dot_general`` / ``convolution`` line (0 for anything else)."""
+  if "stablehlo.dot_general" in line:
+    shapes = [_dims(s) for s in _TENSOR.findall(line.split(" : ", 1)[1])]
+    lhs, out = shapes[0], shapes[-1]
+    contracting = re.search(r"contracting_dims = \[([0-9, ]*)\]", line).group(1)
+    k = math.prod(lhs[int(d)] for d in contracting.split(",") if d.strip())
+    return math.prod(out) * k
+  if "stablehlo.convolution" in line:
+    shapes = [_dims(s) for s in _TENSOR.findall(line.split(" : ", 1)[1])]
+    rhs, out = shapes[1], shapes[-1]
+    rhs_labels = re.search(r"x\[([^\]]*)\]->", line).group(1).replace(" ", "").split(",")
+    out_features = rhs[rhs_labels.index("o")]
+    return math.prod(out) * math.prod(rhs) // out_features
+  return 0
+
+
+def stablehlo_matmul_macs(text: str) -> int:
+  """Total dot_general + convolution MACs of a StableHLO module (``lowered.as_text()``).
+
+  Private functions are counted once per call (following ``call @f`` from ``main``).
+  """
+  funcs: dict[str, tuple[int, list[str]]] = {}
+  name, macs, calls = None, 0, []
+  for line in text.splitlines():
+    match = _FUNC.search(line)
+    if match:
+      if name is not None:
+        funcs[name] = (macs, calls)
+      name, macs, calls = match.group(1), 0, []
+      continue
+    macs += _line_macs(line)
+    calls += _CALL.findall(line)
+  if name is not None:
+    funcs[name] = (macs, calls)
+
+  def total(fn: str, depth: int = 0) -> int:
+    own, callees = funcs.get(fn, (0, []))
+    return own + sum(total(c, depth + 1) for c in callees if depth < 50)
+
+  return total("main") if "main" in funcs else sum(m for m, _ in funcs.values())
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per device/partition
+    cost = cost[0] if cost else {}
+  return dict(cost or {})
+
+
+def _macs_dict(cost: dict[str, float], matmul_macs: int, analytic: dict[str, float],
+               batch: int, paper: float | None) -> dict[str, Any]:
+  return dict(
+      xla_forward_per_img=cost.get("flops", float("nan")) / 2 / batch,
+      xla_transcendentals_per_img=cost.get("transcendentals", float("nan")) / batch,
+      matmul_forward_per_img=matmul_macs / batch,
+      analytic_per_img=analytic["total"],
+      analytic_matmul_per_img=analytic["total"] - analytic["norm_terms"],
+      analytic_breakdown=analytic,
+      paper_per_img=paper)
+
+
+def _paper(name: str, model: Any, hw: tuple[int, int]) -> float | None:
+  from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
+  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
+  own = registry.MODEL_CONFIGS.get(name, {}).get("img_size")
+  if name in PAPER_GMACS and hw == window_ops.to_pair(model.img_size) == window_ops.to_pair(own):
+    return PAPER_GMACS[name] * 1e9
+  return None
+
+
+def forward_macs(model: Any, batch: int = 1, img_size: int | Sequence[int] | None = None,
+                 name: str = "") -> dict[str, Any]:
+  """The MAC figures of ``measure_jax`` without running anything (abstract params)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
+  h, w = window_ops.to_pair(model.img_size if img_size is None else img_size)
+  images = jax.ShapeDtypeStruct((batch, h, w, model.in_chans), jnp.float32)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((1, h, w, model.in_chans))))["params"]
+  lowered = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(params,
+                                                                                   images)
+  compiled = lowered.compile()
+  return _macs_dict(_cost(compiled), stablehlo_matmul_macs(lowered.as_text()),
+                    analytic_macs(model, (h, w)), batch, _paper(name, model, (h, w)))
+
+
+def _memory(compiled: Any) -> dict[str, Any]:
+  stats = compiled.memory_analysis()
+  if stats is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+            "alias_size_in_bytes", "generated_code_size_in_bytes")
+  out = {f.replace("_size_in_bytes", "_bytes"): int(getattr(stats, f, 0) or 0) for f in fields}
+  out["peak_estimate_bytes"] = (out["argument_bytes"] + out["output_bytes"] +
+                                out["temp_bytes"] - out["alias_bytes"])
+  return out
+
+
+def _rss_mb() -> float:
+  """Current resident set size (MiB) from /proc; ru_maxrss where /proc is missing."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MB
+  except OSError:
+    return _maxrss_mb()
+
+
+def _maxrss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _timings(fn, warmup: int, repeats: int, iters: int) -> list[float]:
+  """Seconds per call of ``fn`` (which must block), ``repeats`` samples after warm-up."""
+  for _ in range(warmup):
+    fn()
+  out = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(iters):
+      fn()
+    out.append((time.perf_counter() - start) / iters)
+  return out
+
+
+def _summary(times: list[float], batch: int) -> dict[str, Any]:
+  med = statistics.median(times)
+  return dict(img_per_s=batch / med, median_s=med, min_s=min(times), max_s=max(times),
+              times_s=times)
+
+
+# ----------------------------------------------------------------------------------------
+# swin_jax.
+
+
+def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, warmup: int = 2,
+                iters: int = 1, skip_train: bool = False, img_size: int | None = None,
+                seed: int = 0) -> dict[str, Any]:
+  """All swin_jax figures for one model object and batch (see the module docstring)."""
+  import functools  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
+  from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  from swin_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  from swin_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  from swin_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+
+  h, w = window_ops.to_pair(model.img_size if img_size is None else img_size)
+  rss_start = _rss_mb()
+  rng = jax.random.PRNGKey(seed)
+  images = jax.random.normal(rng, (batch, h, w, model.in_chans), jnp.float32)
+  labels = jax.random.randint(rng, (batch,), 0, max(model.num_classes, 1))
+  params = jax.jit(lambda r: model.init(r, images[:1], train=False)["params"])(rng)
+  num_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  res: dict[str, Any] = dict(num_params=num_params, img_size=[h, w])
+
+  # Forward.
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+  start = time.perf_counter()
+  lowered = forward.lower(params, images)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  cost = _cost(compiled)
+  matmul_macs = stablehlo_matmul_macs(lowered.as_text())
+
+  def run_forward():
+    compiled(params, images).block_until_ready()
+
+  start = time.perf_counter()
+  run_forward()
+  first_call_s = time.perf_counter() - start
+  times = _timings(run_forward, warmup, repeats, iters)
+  res["forward"] = dict(**_summary(times, batch), compile_s=compile_s, first_call_s=first_call_s,
+                        xla_memory=_memory(compiled), rss_peak_mb=_maxrss_mb())
+  res["macs"] = _macs_dict(cost, matmul_macs, analytic_macs(model, (h, w)), batch,
+                          _paper(name, model, (h, w)))
+
+  # Train step: the real one, AdamW from the recipe's optimizer code.
+  if not skip_train:
+    config = config_lib.base_config()
+    config.batch_size = batch
+    config.optimizer.warmup_epochs = 1.0
+    config.mixup.mixup_alpha = 0.0
+    config.mixup.cutmix_alpha = 0.0
+    if name:
+      config.model.name = name
+    tx, schedule = optimizer_lib.make_optimizer(config, total_steps=10_000,
+                                                steps_per_epoch=1_000)
+    state = state_lib.create_train_state(params, tx, rng)
+    train_step = jax.jit(functools.partial(
+        step_lib.train_step, model=model, tx=tx, schedule=schedule,
+        num_classes=max(model.num_classes, 1), mixup_config=config.mixup),
+        donate_argnums=0)
+    batch_data = {"image": images, "label": labels}
+    start = time.perf_counter()
+    lowered_train = train_step.lower(state, batch_data)
+    compiled_train = lowered_train.compile()
+    train_compile_s = time.perf_counter() - start
+    train_cost = _cost(compiled_train)
+    holder = {"state": state}
+
+    def run_train():
+      holder["state"], metrics = compiled_train(holder["state"], batch_data)
+      metrics["train/loss"].block_until_ready()
+
+    start = time.perf_counter()
+    run_train()
+    train_first_s = time.perf_counter() - start
+    times = _timings(run_train, warmup, repeats, iters)
+    loss = float(compiled_train(holder["state"], batch_data)[1]["train/loss"])
+    res["train"] = dict(**_summary(times, batch), compile_s=train_compile_s,
+                        first_call_s=train_first_s, xla_memory=_memory(compiled_train),
+                        rss_peak_mb=_maxrss_mb(), final_loss=loss)
+    res["macs"]["xla_train_per_img"] = train_cost.get("flops", float("nan")) / 2 / batch
+  res["rss_start_mb"] = rss_start
+  return res
+
+
+# ----------------------------------------------------------------------------------------
+# timm.
+
+
+def measure_timm(name: str, batch: int, *, dtype: str = "float32", repeats: int = 5,
+                 warmup: int = 2, iters: int = 1, skip_train: bool = False,
+                 img_size: int | None = None, lr: float = 1e-3, seed: int = 0,
+                 **create_kwargs: Any) -> dict[str, Any]:
+  """timm's eager PyTorch figures: forward (no_grad, eval) and CE + backward + AdamW step.
+
+  bfloat16 runs under ``torch.autocast('cpu', torch.bfloat16)`` with float32 params (the
+  analogue of swin_jax's ``dtype=bfloat16`` compute with float32 params).
+  """
+  import contextlib  # pylint: disable=import-outside-toplevel
+
+  import torch  # pylint: disable=import-outside-toplevel
+
+  import timm  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(seed)
+  rss_start = _rss_mb()
+  if img_size is not None:
+    create_kwargs.setdefault("img_size", img_size)  # timm checks the input size strictly
+  model = timm.create_model(name, pretrained=False, **create_kwargs)
+  if img_size is None:
+    img_size = model.default_cfg.get("input_size", (3, 224, 224))[1:]
+  h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+  images = torch.randn(batch, 3, h, w)
+  labels = torch.randint(0, model.num_classes, (batch,))
+  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" \
+      else contextlib.nullcontext
+  res: dict[str, Any] = dict(num_params=sum(p.numel() for p in model.parameters()),
+                             img_size=[h, w])
+
+  model.eval()
+
+  def run_forward():
+    with torch.no_grad(), autocast():
+      model(images)
+
+  start = time.perf_counter()
+  run_forward()
+  first_call_s = time.perf_counter() - start
+  times = _timings(run_forward, warmup, repeats, iters)
+  res["forward"] = dict(**_summary(times, batch), first_call_s=first_call_s,
+                        rss_peak_mb=_maxrss_mb())
+
+  if not skip_train:
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    last = {}
+
+    def run_train():
+      opt.zero_grad(set_to_none=True)
+      with autocast():
+        loss = loss_fn(model(images), labels)
+      loss.backward()
+      opt.step()
+      last["loss"] = loss.detach()
+
+    start = time.perf_counter()
+    run_train()
+    train_first_s = time.perf_counter() - start
+    times = _timings(run_train, warmup, repeats, iters)
+    res["train"] = dict(**_summary(times, batch), first_call_s=train_first_s,
+                        rss_peak_mb=_maxrss_mb(), final_loss=float(last["loss"]))
+  res["rss_start_mb"] = rss_start
+  return res
+
+
+# ----------------------------------------------------------------------------------------
+# Environment.
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def set_threads(threads: int) -> int:
+  """Pins this process to ``threads`` CPUs (affinity) so XLA and torch both see that many.
+
+  Must run before jax/torch start their thread pools. Returns the CPUs now usable.
+  """
+  try:
+    cpus = sorted(os.sched_getaffinity(0))
+    if 0 < threads < len(cpus):
+      os.sched_setaffinity(0, cpus[:threads])
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
+def environment(framework: str, threads: int) -> dict[str, Any]:
+  env: dict[str, Any] = dict(python=platform.python_version(), cpu=cpu_model(),
+                             cpu_count=os.cpu_count(), usable_cpus=threads,
+                             xla_flags=os.environ.get("XLA_FLAGS", ""))
+  if framework == "swin_jax":
+    import jax  # pylint: disable=import-outside-toplevel
+    import jaxlib  # pylint: disable=import-outside-toplevel
+    import flax  # pylint: disable=import-outside-toplevel
+    env.update(jax=jax.__version__, jaxlib=jaxlib.__version__, flax=flax.__version__,
+               device=str(jax.devices()[0].device_kind), platform=jax.default_backend(),
+               num_devices=jax.device_count(),
+               jax_threads=f"XLA CPU runs on the {threads} CPUs the process is pinned to "
+                           "(affinity; JAX has no thread-count setting)")
+  else:
+    import torch  # pylint: disable=import-outside-toplevel
+    import timm  # pylint: disable=import-outside-toplevel
+    env.update(torch=torch.__version__, timm=timm.__version__, device="cpu",
+               torch_threads=torch.get_num_threads(),
+               torch_interop_threads=torch.get_num_interop_threads())
+  return env
+
+
+# ----------------------------------------------------------------------------------------
+# One job (framework, model, batch), in-process or in a worker.
+
+
+def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+  threads = set_threads(args.threads)
+  common = dict(repeats=args.repeats, warmup=args.warmup, iters=args.iters,
+                skip_train=args.skip_train, img_size=args.img_size)
+  if framework == "swin_jax":
+    from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
+    name = registry.resolve_name(name)
+    overrides = {"img_size": args.img_size} if args.img_size else {}
+    model = registry.create_model(name, dtype=args.dtype, **overrides)
+    result = measure_jax(model, batch, name=name, **common)
+  elif framework == "timm":
+    import torch  # pylint: disable=import-outside-toplevel
+    torch.set_num_threads(threads)
+    from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
+    name = registry.resolve_name(name)
+    result = measure_timm(name, batch, dtype=args.dtype, **common)
+  else:
+    raise ValueError(f"unknown framework {framework!r}")
+  result["env"] = environment(framework, threads)
+  return result
+
+
+def _worker_args(framework: str, name: str, batch: int, args: argparse.Namespace) -> list[str]:
+  out = [sys.executable, "-m", "swin_jax.bench", "--worker", framework, "--model", name,
+         "--batch", str(batch), "--dtype", args.dtype, "--repeats", str(args.repeats),
+         "--warmup", str(args.warmup), "--iters", str(args.iters), "--threads",
+         str(args.threads)]
+  if args.skip_train:
+    out.append("--skip_train")
+  if args.img_size:
+    out += ["--img_size", str(args.img_size)]
+  return out
+
+
+def run_isolated(framework: str, name: str, batch: int,
+                 args: argparse.Namespace) -> dict[str, Any]:
+  proc = subprocess.run(_worker_args(framework, name, batch, args), capture_output=True,
+                        text=True, check=False)
+  marker = "BENCH_RESULT "
+  for line in proc.stdout.splitlines():
+    if line.startswith(marker):
+      return json.loads(line[len(marker):])
+  return dict(error=f"worker exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+
+
+# ----------------------------------------------------------------------------------------
+# Report.
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "-"
+  return format(value, spec)
+
+
+def _get(d: dict, *keys: str) -> Any:
+  for k in keys:
+    if not isinstance(d, dict) or k not in d:
+      return None
+    d = d[k]
+  return d
+
+
+def format_table(report: dict[str, Any]) -> str:
+  """The markdown tables (throughput/compile/memory, then MACs) of a report."""
+  vs = report["args"].get("vs") == "timm"
+  head = ["model", "batch", "dtype", "fwd img/s", "train img/s", "fwd compile s",
+          "train compile s", "fwd XLA MiB", "train XLA MiB", "RSS peak MiB"]
+  if vs:
+    head += ["timm fwd img/s", "timm train img/s", "timm RSS peak MiB", "fwd ratio",
+             "train ratio"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  timed = [row for row in report["results"]
+           if any(k in row.get("swin_jax", {}) for k in ("forward", "error"))]
+  for row in timed:
+    j = row.get("swin_jax", {})
+    cells = [row["model"], str(row["batch"]), row["dtype"]]
+    if "error" in j:
+      cells += ["error"] * (len(head) - 3 - (5 if vs else 0))
+    else:
+      fwd_mem = _get(j, "forward", "xla_memory", "peak_estimate_bytes")
+      train_mem = _get(j, "train", "xla_memory", "peak_estimate_bytes")
+      rss = _get(j, "train", "rss_peak_mb") or _get(j, "forward", "rss_peak_mb")
+      cells += [_fmt(_get(j, "forward", "img_per_s"), ".2f"),
+                _fmt(_get(j, "train", "img_per_s"), ".2f"),
+                _fmt(_get(j, "forward", "compile_s"), ".1f"),
+                _fmt(_get(j, "train", "compile_s"), ".1f"),
+                _fmt(fwd_mem / MB if fwd_mem is not None else None, ".0f"),
+                _fmt(train_mem / MB if train_mem is not None else None, ".0f"),
+                _fmt(rss, ".0f")]
+    if vs:
+      t = row.get("timm", {})
+      if "error" in t:
+        cells += ["error"] * 3
+      else:
+        rss = _get(t, "train", "rss_peak_mb") or _get(t, "forward", "rss_peak_mb")
+        cells += [_fmt(_get(t, "forward", "img_per_s"), ".2f"),
+                  _fmt(_get(t, "train", "img_per_s"), ".2f"), _fmt(rss, ".0f")]
+      cells += [_fmt(_get(row, "ratio", "forward"), ".2f"),
+                _fmt(_get(row, "ratio", "train"), ".2f")]
+    lines.append("| " + " | ".join(cells) + " |")
+
+  if not timed:
+    lines = []
+  lines += ["", "| model | res | XLA fwd GMACs/img | matmul GMACs/img | official-formula "
+            "GMACs/img | paper GMACs | XLA/paper | XLA train GMACs/img |",
+            "|---|---|---|---|---|---|---|---|"]
+  seen = set()
+  for row in report["results"]:
+    j = row.get("swin_jax", {})
+    key = (row["model"], tuple(j.get("img_size", ())))
+    if "macs" not in j or key in seen:
+      continue
+    seen.add(key)
+    m = j["macs"]
+    paper = m.get("paper_per_img")
+    lines.append("| " + " | ".join([
+        row["model"], "x".join(map(str, j["img_size"])),
+        _fmt(m["xla_forward_per_img"] / 1e9, ".3f"), _fmt(m["matmul_forward_per_img"] / 1e9,
+                                                          ".3f"),
+        _fmt(m["analytic_per_img"] / 1e9, ".3f"), _fmt(paper / 1e9 if paper else None, ".1f"),
+        _fmt(m["xla_forward_per_img"] / paper if paper else None, ".3f"),
+        _fmt(m.get("xla_train_per_img", float("nan")) / 1e9, ".2f")]) + " |")
+  return "\n".join(lines)
+
+
+def format_header(report: dict[str, Any]) -> str:
+  meta = report["meta"]
+  parts = [f"swin_jax bench {meta['date']}  cpu: {meta.get('cpu')}  "
+           f"usable CPUs: {meta.get('usable_cpus')}"]
+  for fw in ("swin_jax", "timm"):
+    env = meta.get("env", {}).get(fw)
+    if env:
+      keys = (("jax", "jaxlib", "flax", "platform", "device", "jax_threads") if fw == "swin_jax"
+              else ("torch", "timm", "torch_threads", "torch_interop_threads"))
+      parts.append(f"{fw}: " + ", ".join(f"{k}={env.get(k)}" for k in keys))
+  a = report["args"]
+  parts.append(f"repeats={a['repeats']} (median) after warmup={a['warmup']}, "
+               f"iters/repeat={a['iters']}; torch.compile not used; XLA MiB = compiled "
+               "memory_analysis() args+outputs+temps-aliased; RSS = worker ru_maxrss")
+  return "\n".join(parts)
+
+
+def _csv_list(values: Sequence[str] | None, cast=str) -> list:
+  out = []
+  for v in values or []:
+    out += [cast(x.strip()) for x in str(v).split(",") if x.strip()]
+  return out
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog="python -m swin_jax.bench", description=__doc__.split("\n")[0])
+  p.add_argument("--model", action="append", help="model name or alias; repeatable or "
+                 "comma-separated (default swin_tiny_patch4_window7_224)")
+  p.add_argument("--batch", action="append", help="batch size(s); repeatable or comma list "
+                 "(default 8)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="compute dtype (params stay float32; timm: autocast)")
+  p.add_argument("--img_size", type=int, default=0, help="build both models for this input "
+                 "size (0: the model's own); window clamps follow it, as in timm")
+  p.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported")
+  p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first call")
+  p.add_argument("--iters", type=int, default=1, help="calls per timed run")
+  p.add_argument("--vs", choices=("timm",), default=None, help="also measure timm")
+  p.add_argument("--threads", type=int, default=0, help="CPUs for both frameworks (process "
+                 "affinity; torch.set_num_threads); 0 = all usable CPUs")
+  p.add_argument("--skip_train", action="store_true", help="forward only")
+  p.add_argument("--macs_only", action="store_true", help="only the MAC counts (compile, no "
+                 "timing, no timm), in this process")
+  p.add_argument("--out", default="", help="write the report as JSON here")
+  p.add_argument("--no_isolate", dest="isolate", action="store_false",
+                 help="run every job in this process (RSS peaks then accumulate)")
+  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  args.models = _csv_list(args.model) or ["swin_tiny_patch4_window7_224"]
+  args.batches = _csv_list(args.batch, int) or [8]
+  args.img_size = args.img_size or None
+  if args.threads <= 0:
+    try:
+      args.threads = len(os.sched_getaffinity(0))
+    except AttributeError:
+      args.threads = os.cpu_count() or 1
+  return args
+
+
+def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
+  from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
+  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
+  frameworks = ["swin_jax"] + (["timm"] if args.vs == "timm" and not args.macs_only else [])
+  report: dict[str, Any] = dict(
+      meta=dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                cpu=cpu_model(), cpu_count=os.cpu_count(), usable_cpus=args.threads,
+                host=platform.node(), env={}),
+      args={k: v for k, v in vars(args).items() if k not in ("model", "batch", "worker")},
+      method=dict(
+          timing="median of --repeats timed runs after one first call and --warmup runs; "
+                 "each run blocks on the result",
+          forward="jax: jit(model.apply(train=False)); timm: eval() under torch.no_grad()",
+          train="jax: swin_jax.train.step.train_step (AdamW, clip 5, no-decay mask, mixup "
+                "off, drop path on, state donated); timm: train(), CrossEntropyLoss, "
+                "backward, torch.optim.AdamW.step",
+          compile_s="wall time of jax.jit(f).lower(...).compile()",
+          xla_memory="compiled.memory_analysis(): peak_estimate = argument + output + temp "
+                     "- alias bytes (XLA buffer assignment, not measured)",
+          rss_peak_mb="ru_maxrss of the worker process after the phase (whole process, "
+                      "imports included; rss_start_mb is the RSS before the model exists)",
+          macs="xla_*: cost_analysis()['flops'] / 2 / batch (all ops, elementwise included); "
+               "matmul_*: dot_general + convolution MACs from the StableHLO; analytic: the "
+               "official flops() convention (swin_jax.bench.analytic_macs)",
+          ratio="swin_jax img/s / timm img/s"),
+      results=[])
+  for name in args.models:
+    name = registry.resolve_name(name)
+    for batch in args.batches:
+      row: dict[str, Any] = dict(model=name, batch=batch, dtype=args.dtype)
+      if args.macs_only:
+        log(f"[bench] MACs of {name} batch {batch} ...", file=sys.stderr)
+        overrides = {"img_size": args.img_size} if args.img_size else {}
+        model = registry.create_model(name, dtype=args.dtype, **overrides)
+        hw = list(window_ops.to_pair(args.img_size or model.img_size))
+        row["swin_jax"] = dict(img_size=hw, macs=forward_macs(model, batch, hw, name))
+        report["results"].append(row)
+        continue
+      for fw in frameworks:
+        log(f"[bench] {fw} {name} batch {batch} {args.dtype} ...", file=sys.stderr)
+        try:
+          res = (run_isolated(fw, name, batch, args) if args.isolate
+                 else run_job(fw, name, batch, args))
+        except Exception as e:  # pylint: disable=broad-except
+          res = dict(error=f"{type(e).__name__}: {e}")
+        if "env" in res:
+          report["meta"]["env"][fw] = res.pop("env")
+        row[fw] = res
+      if "timm" in row:
+        row["ratio"] = {}
+        for phase in ("forward", "train"):
+          a, b = _get(row, "swin_jax", phase, "img_per_s"), _get(row, "timm", phase, "img_per_s")
+          row["ratio"][phase] = a / b if a and b else None
+      report["results"].append(row)
+  return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  args = parse_args(argv)
+  if args.worker:
+    set_threads(args.threads)  # before the first JAX computation / torch import
+    result = run_job(args.worker, args.models[0], args.batches[0], args)
+    print("BENCH_RESULT " + json.dumps(result), flush=True)
+    return 0
+  report = run(args)
+  print(format_header(report))
+  print()
+  print(format_table(report))
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=1)
+    print(f"\nwrote {args.out}")
+  errors = [row for row in report["results"]
+            if any("error" in row.get(fw, {}) for fw in ("swin_jax", "timm"))]
+  for row in errors:
+    for fw in ("swin_jax", "timm"):
+      if "error" in row.get(fw, {}):
+        print(f"ERROR {fw} {row['model']} b{row['batch']}: {row[fw]['error']}", file=sys.stderr)
+  return 1 if errors else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,132 @@
+"""swin_jax.bench on tiny models: every report field, the MAC counts, the JSON. No timing checks."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from swin_jax import bench
+from swin_jax.models import SwinTransformer, create_model, registry
+
+# The tiny model of the brief, at 40 px: a 10x10 token grid with 4x4 windows, so stage 0
+# attends over 3x3 windows of a zero-padded 12x12 map and stage 1 (5x5) over 2x2 windows of
+# an 8x8 map; the analytic count must include those padding windows.
+TINY = dict(img_size=40, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(1, 2),
+            window_size=4, num_classes=10, drop_path_rate=0.1)
+
+
+def test_analytic_macs_reproduce_the_paper():
+  # The official flops() gives 4.49G / 8.75G / 15.44G / 47.1G for these.
+  for name, paper in [("swin_tiny_patch4_window7_224", 4.5), ("swin_small_patch4_window7_224", 8.7),
+                      ("swin_base_patch4_window7_224", 15.4),
+                      ("swin_base_patch4_window12_384", 47.0)]:
+    macs = bench.analytic_macs(create_model(name))["total"] / 1e9
+    assert macs == pytest.approx(paper, rel=0.01), name
+
+
+def test_analytic_macs_by_hand():
+  """The tiny model without padding (32 px), summed by hand from the official formulas."""
+  model = SwinTransformer(**{**TINY, "img_size": 32})
+  patch = 8 * 8 * 16 * 3 * 16 + 8 * 8 * 16
+  stage0 = 2 * (2 * 16 * 64 + 4 * (16 * 16 * 48 + 2 * 16 * 16 * 16 + 16 * 16 * 16) +
+                2 * 64 * 16 * 64)
+  merge = 4 * 4 * 64 + 4 * 4 * 64 * 32
+  stage1 = 2 * (2 * 32 * 16 + 1 * (16 * 32 * 96 + 2 * 2 * 16 * 16 * 16 + 16 * 32 * 32) +
+                2 * 16 * 32 * 128)
+  head = 32 * 64 // 4 + 32 * 10
+  assert bench.analytic_macs(model)["total"] == patch + stage0 + merge + stage1 + head
+
+
+def test_stablehlo_matmul_parser():
+  text = """
+  func.func public @main(%arg0: tensor<2x8xf32>) -> tensor<2x4xf32> {
+    %0 = stablehlo.dot_general %arg0, %w, contracting_dims = [1] x [0] : (tensor<2x8xf32>, tensor<8x4xf32>) -> tensor<2x4xf32>
+    %1 = call @inner(%0) : (tensor<2x4xf32>) -> tensor<2x4xf32>
+    %2 = call @inner(%1) : (tensor<2x4xf32>) -> tensor<2x4xf32>
+  }
+  func.func private @inner(%arg0: tensor<2x4xf32>) -> tensor<2x4xf32> {
+    %0 = stablehlo.dot_general %a, %b, batching_dims = [0] x [0], contracting_dims = [2] x [1] : (tensor<3x2x5xbf16>, tensor<3x5x4xbf16>) -> tensor<3x2x4xbf16>
+    %1 = stablehlo.convolution(%x, %k) dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f], window = {stride = [4, 4]} : (tensor<1x8x8x3xf32>, tensor<4x4x3x16xf32>) -> tensor<1x2x2x16xf32>
+  }
+  """
+  inner = 3 * 2 * 4 * 5 + 1 * 2 * 2 * 16 * (4 * 4 * 3)
+  assert bench.stablehlo_matmul_macs(text) == 2 * 4 * 8 + 2 * inner
+
+
+@pytest.fixture
+def tiny_report(tmp_path, monkeypatch):
+  monkeypatch.setitem(registry.MODEL_CONFIGS, "bench_tiny", TINY)
+  out = tmp_path / "bench.json"
+  rc = bench.main(["--model", "bench_tiny", "--batch", "2", "--repeats", "2", "--warmup", "1",
+                   "--no_isolate", "--out", str(out)])
+  assert rc == 0
+  return json.loads(out.read_text())
+
+
+def test_report_fields_macs_and_json(tiny_report):
+  report = tiny_report
+  assert set(report) >= {"meta", "args", "method", "results"}
+  env = report["meta"]["env"]["swin_jax"]
+  for key in ("jax", "jaxlib", "flax", "cpu", "usable_cpus", "jax_threads", "platform"):
+    assert env[key], key
+  (row,) = report["results"]
+  assert (row["model"], row["batch"], row["dtype"]) == ("bench_tiny", 2, "float32")
+  res = row["swin_jax"]
+  assert res["img_size"] == [40, 40] and res["num_params"] > 0
+  for phase in ("forward", "train"):
+    r = res[phase]
+    assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
+    assert r["img_per_s"] == pytest.approx(2 / r["median_s"])
+    assert r["compile_s"] > 0 and r["first_call_s"] > 0 and r["rss_peak_mb"] > 0
+    mem = r["xla_memory"]
+    assert mem["peak_estimate_bytes"] == (mem["argument_bytes"] + mem["output_bytes"] +
+                                          mem["temp_bytes"] - mem["alias_bytes"]) > 0
+  assert math.isfinite(res["train"]["final_loss"])
+  # The donated train state: XLA aliases (almost) all of the outputs to the inputs.
+  assert res["train"]["xla_memory"]["alias_bytes"] > 0.9 * res["train"]["xla_memory"][
+      "output_bytes"]
+
+  macs = res["macs"]
+  analytic = bench.analytic_macs(SwinTransformer(**TINY))
+  assert macs["analytic_per_img"] == analytic["total"]
+  assert macs["paper_per_img"] is None
+  # Matmuls/convs read from the compiled program == the analytic count minus its LayerNorm
+  # and pooling terms, exactly (padding windows included).
+  assert macs["matmul_forward_per_img"] == analytic["total"] - analytic["norm_terms"]
+  # XLA's cost analysis also counts every elementwise op (GELU's erf polynomial, softmax,
+  # norms): at this width that is a large share, so only bounds here (the 5% check is below).
+  assert macs["matmul_forward_per_img"] < macs["xla_forward_per_img"] < 1.6 * analytic["total"]
+  assert macs["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
+  table = bench.format_table(report)
+  assert "bench_tiny" in table and "fwd img/s" in table and "official-formula" in table
+
+
+def test_xla_cost_analysis_matches_analytic_count():
+  """XLA's flops/2 within 5% of the official-convention count once channels are Swin-like."""
+  model = SwinTransformer(img_size=32, patch_size=4, embed_dim=192, depths=(2, 2),
+                          num_heads=(6, 12), window_size=4, num_classes=10)
+  macs = bench.forward_macs(model, batch=2)
+  assert macs["matmul_forward_per_img"] == macs["analytic_matmul_per_img"]
+  assert macs["xla_forward_per_img"] == pytest.approx(macs["analytic_per_img"], rel=0.05)
+
+
+def test_timm_side_tiny():
+  pytest.importorskip("timm")
+  res = bench.measure_timm("swin_tiny_patch4_window7_224", 2, repeats=2, warmup=1,
+                           img_size=32, embed_dim=16, depths=(2, 2), num_heads=(1, 2),
+                           window_size=4, num_classes=10)
+  for phase in ("forward", "train"):
+    assert len(res[phase]["times_s"]) == 2 and res[phase]["img_per_s"] > 0
+    assert res[phase]["rss_peak_mb"] > 0
+  assert math.isfinite(res["train"]["final_loss"])
+
+
+def test_cli_lists_and_no_tensorflow():
+  args = bench.parse_args(["--model", "swin_t,swin_s", "--model", "swin_b", "--batch", "8,32"])
+  assert args.models == ["swin_t", "swin_s", "swin_b"] and args.batches == [8, 32]
+  code = ("import sys, swin_jax.bench, swin_jax.train.step; "
+          "bad = [m for m in ('tensorflow', 'torch', 'timm') if m in sys.modules]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True)
