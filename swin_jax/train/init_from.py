@@ -23,8 +23,9 @@ from swin_jax.models.swin import SwinTransformer
 RUN_CONFIG_FILE = "config.json"
 
 
-def _latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
+def latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
   """Model and params of the newest complete checkpoint of a swin_jax run directory."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))  # orbax wants absolute paths
   with open(os.path.join(workdir, RUN_CONFIG_FILE)) as f:
     model_cfg = json.load(f)["model"]
   model = registry.create_model(model_cfg["name"], **model_cfg["overrides"])
@@ -41,7 +42,7 @@ def load_initial_params(path: str, model: SwinTransformer) -> dict[str, Any]:
   """Params for ``model`` from ``path`` (see module docstring); numpy, nested dict."""
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.isdir(path) and os.path.exists(os.path.join(path, RUN_CONFIG_FILE)):
-    source_model, params = _latest_run_params(path)
+    source_model, params = latest_run_params(path)
   elif os.path.isdir(path):
     source_model, params = params_dir.load_params_dir(path)
   else:

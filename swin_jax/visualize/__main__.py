@@ -49,7 +49,7 @@ def load_model(name: str, checkpoint: str | None, **overrides):
   """``(model, params, source)`` from a run directory, a converted dir, a .pth or nothing."""
   from swin_jax.train import init_from  # pylint: disable=import-outside-toplevel
   if checkpoint and os.path.exists(os.path.join(checkpoint, init_from.RUN_CONFIG_FILE)):
-    model, params = init_from._latest_run_params(checkpoint)  # pylint: disable=protected-access
+    model, params = init_from.latest_run_params(checkpoint)
     return model, params, f"training run {checkpoint} (latest checkpoint)"
   return predict.load_model_and_params(name, checkpoint, **overrides)
 
