@@ -138,6 +138,12 @@ def test_gradients_tiny():
   images = oracle.random_images(2, 64, 64, seed=8)
   weights = np.random.default_rng(9).standard_normal((2, 10)).astype(np.float32)
 
+  check_gradients(jax_model, timm_model, params, images, weights)
+
+
+def check_gradients(jax_model, timm_model, params, images, weights) -> dict:
+  """Asserts that the loss ``sum(logits * weights)`` and its gradients (every parameter,
+  mapped to timm names, and the images) match torch autograd; returns torch's gradients."""
   ref_loss, ref_grads, ref_image_grad = oracle.loss_and_grads(timm_model, images, weights)
 
   def loss_fn(p, x):
@@ -149,3 +155,4 @@ def test_gradients_tiny():
 
   grads = convert.export_torch_state_dict(jax.device_get(param_grads), jax_model, layout="timm")
   oracle.assert_gradients_match(grads, ref_grads, image_grad, ref_image_grad, ATOL)
+  return ref_grads

@@ -19,14 +19,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 import swin_jax  # noqa: E402
 from swin_jax import convert  # noqa: E402
 from swin_jax.convert import keys as keys_lib  # noqa: E402
 
 import torch_oracle as oracle  # noqa: E402
-from test_parity_timm import ATOL, assert_logits_meaningful, jax_logits, max_abs_diff  # noqa: E402
+from test_parity_timm import (ATOL, assert_logits_meaningful, check_gradients,  # noqa: E402
+                              jax_logits, max_abs_diff)
 
 # A small four-stage V2 config (every code path of the big ones, a fraction of the cost).
 SMALL = dict(patch_size=4, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4),
@@ -163,20 +163,10 @@ def test_gradients_tiny():
   images = oracle.random_images(2, 64, 64, seed=6)
   weights = np.random.default_rng(7).standard_normal((2, 10)).astype(np.float32)
 
-  ref_loss, ref_grads, ref_image_grad = oracle.loss_and_grads(timm_model, images, weights)
-
-  def loss_fn(p, x):
-    return jnp.sum(jax_model.apply({"params": p}, x, train=False) * weights)
-
-  loss, (param_grads, image_grad) = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))(
-      params, jnp.asarray(images))
-  assert abs(float(loss) - ref_loss) <= ATOL * max(1.0, abs(ref_loss))
-
-  grads = convert.export_torch_state_dict(jax.device_get(param_grads), jax_model, layout="timm")
+  ref_grads = check_gradients(jax_model, timm_model, params, images, weights)
   for suffix in ("q_bias", "v_bias", "logit_scale", "cpb_mlp.0.weight", "cpb_mlp.0.bias",
                  "cpb_mlp.2.weight"):
     assert any(name.endswith(suffix) for name in ref_grads), suffix
-  oracle.assert_gradients_match(grads, ref_grads, image_grad, ref_image_grad, ATOL)
 
 
 def test_round_trip_and_buffers():
