@@ -55,7 +55,12 @@ def paired_models(jax_model, timm_model, seed: int):
 
 
 def check_logits(jax_model, timm_model, images: np.ndarray, seed: int = 0) -> float:
-  params = paired_models(jax_model, timm_model, seed)
+  return compare_logits(jax_model, paired_models(jax_model, timm_model, seed), timm_model,
+                        images)
+
+
+def compare_logits(jax_model, params, timm_model, images: np.ndarray) -> float:
+  """Asserts swin_jax's logits equal timm's within ATOL (and are meaningful); -> max diff."""
   ref = oracle.logits(timm_model, images)
   assert_logits_meaningful(ref)
   out = jax_logits(jax_model, params, images)

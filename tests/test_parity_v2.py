@@ -25,8 +25,7 @@ from swin_jax import convert  # noqa: E402
 from swin_jax.convert import keys as keys_lib  # noqa: E402
 
 import torch_oracle as oracle  # noqa: E402
-from test_parity_timm import (ATOL, assert_logits_meaningful, check_gradients,  # noqa: E402
-                              jax_logits, max_abs_diff)
+from test_parity_timm import (check_gradients, compare_logits, max_abs_diff)  # noqa: E402
 
 # A small four-stage V2 config (every code path of the big ones, a fraction of the cost).
 SMALL = dict(patch_size=4, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(2, 2, 4, 4),
@@ -47,13 +46,7 @@ def check_logits(jax_model, timm_model, images: np.ndarray, params=None, seed: i
                  clamped_head: bool = False):
   if params is None:
     params = paired_models(jax_model, timm_model, seed, clamped_head)
-  ref = oracle.logits(timm_model, images)
-  assert_logits_meaningful(ref)
-  out = jax_logits(jax_model, params, images)
-  diff = max_abs_diff(out, ref)
-  print(f"logits: max |diff| = {diff:.3g} (std of logits {np.std(ref):.3g})")
-  assert diff <= ATOL, f"max |logits diff| = {diff:.3g} > {ATOL}"
-  return diff
+  return compare_logits(jax_model, params, timm_model, images)
 
 
 def check_buffers(jax_model, params, timm_model) -> None:
