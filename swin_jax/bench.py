@@ -474,6 +474,22 @@ def environment(framework: str, threads: int) -> dict[str, Any]:
 # One job (framework, model, batch), in-process or in a worker.
 
 
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+  """swin_jax model fields set by the command line (dtype, size, performance options)."""
+  overrides = dict(dtype=args.dtype, scan_blocks=args.scan_blocks == "on", remat=args.remat)
+  if args.img_size:
+    overrides["img_size"] = args.img_size
+  return overrides
+
+
+def options_label(args: dict[str, Any]) -> str:
+  """``'scan'``, ``'scan, remat=dots'``, ``'-'``: the model options of a report's rows."""
+  parts = (["scan"] if args.get("scan_blocks", "off") == "on" else [])
+  if args.get("remat", "none") != "none":
+    parts.append(f"remat={args['remat']}")
+  return ", ".join(parts) or "-"
+
+
 def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
   threads = set_threads(args.threads)
   common = dict(repeats=args.repeats, warmup=args.warmup, iters=args.iters,
@@ -481,8 +497,7 @@ def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> 
   if framework == "swin_jax":
     from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
     name = registry.resolve_name(name)
-    overrides = {"img_size": args.img_size} if args.img_size else {}
-    model = registry.create_model(name, dtype=args.dtype, **overrides)
+    model = registry.create_model(name, **model_overrides(args))
     result = measure_jax(model, batch, name=name, **common)
   elif framework == "timm":
     import torch  # pylint: disable=import-outside-toplevel
@@ -498,7 +513,8 @@ def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> 
 
 def _worker_args(framework: str, name: str, batch: int, args: argparse.Namespace) -> list[str]:
   out = [sys.executable, "-m", "swin_jax.bench", "--worker", framework, "--model", name,
-         "--batch", str(batch), "--dtype", args.dtype, "--repeats", str(args.repeats),
+         "--batch", str(batch), "--dtype", args.dtype, "--scan_blocks", args.scan_blocks,
+         "--remat", args.remat, "--repeats", str(args.repeats),
          "--warmup", str(args.warmup), "--iters", str(args.iters), "--threads",
          str(args.threads)]
   if args.skip_train:
@@ -540,7 +556,7 @@ def _get(d: dict, *keys: str) -> Any:
 def format_table(report: dict[str, Any]) -> str:
   """The markdown tables (throughput/compile/memory, then MACs) of a report."""
   vs = report["args"].get("vs") == "timm"
-  head = ["model", "batch", "dtype", "fwd img/s", "train img/s", "fwd compile s",
+  head = ["model", "batch", "dtype", "options", "fwd img/s", "train img/s", "fwd compile s",
           "train compile s", "fwd XLA MiB", "train XLA MiB", "RSS peak MiB"]
   if vs:
     head += ["timm fwd img/s", "timm train img/s", "timm RSS peak MiB", "fwd ratio",
@@ -550,9 +566,9 @@ def format_table(report: dict[str, Any]) -> str:
            if any(k in row.get("swin_jax", {}) for k in ("forward", "error"))]
   for row in timed:
     j = row.get("swin_jax", {})
-    cells = [row["model"], str(row["batch"]), row["dtype"]]
+    cells = [row["model"], str(row["batch"]), row["dtype"], options_label(report["args"])]
     if "error" in j:
-      cells += ["error"] * (len(head) - 3 - (5 if vs else 0))
+      cells += ["error"] * (len(head) - 4 - (5 if vs else 0))
     else:
       fwd_mem = _get(j, "forward", "xla_memory", "peak_estimate_bytes")
       train_mem = _get(j, "train", "xla_memory", "peak_estimate_bytes")
@@ -632,6 +648,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  "(default 8)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype (params stay float32; timm: autocast)")
+  p.add_argument("--scan_blocks", default="on", choices=("on", "off"),
+                 help="swin_jax: nn.scan over block pairs, as the training recipes (default on)")
+  p.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_no_batch"),
+                 help="swin_jax: rematerialisation policy of each block (pair)")
   p.add_argument("--img_size", type=int, default=0, help="build both models for this input "
                  "size (0: the model's own); window clamps follow it, as in timm")
   p.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported")
@@ -691,8 +711,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
       row: dict[str, Any] = dict(model=name, batch=batch, dtype=args.dtype)
       if args.macs_only:
         log(f"[bench] MACs of {name} batch {batch} ...", file=sys.stderr)
-        overrides = {"img_size": args.img_size} if args.img_size else {}
-        model = registry.create_model(name, dtype=args.dtype, **overrides)
+        model = registry.create_model(name, **model_overrides(args))
         hw = list(window_ops.to_pair(args.img_size or model.img_size))
         row["swin_jax"] = dict(img_size=hw, macs=forward_macs(model, batch, hw, name))
         report["results"].append(row)

@@ -101,6 +101,21 @@ def test_report_fields_macs_and_json(tiny_report):
   assert macs["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
   table = bench.format_table(report)
   assert "bench_tiny" in table and "fwd img/s" in table and "official-formula" in table
+  # The recipes' default: blocks scanned in pairs, no remat.
+  assert "| bench_tiny | 2 | float32 | scan |" in table
+
+
+def test_model_options_reach_the_model_and_the_table(monkeypatch):
+  monkeypatch.setitem(registry.MODEL_CONFIGS, "bench_tiny", TINY)
+  args = bench.parse_args(["--model", "bench_tiny", "--batch", "2", "--repeats", "1",
+                           "--warmup", "0", "--no_isolate", "--scan_blocks", "off",
+                           "--remat", "dots", "--skip_train"])
+  overrides = bench.model_overrides(args)
+  assert (overrides["scan_blocks"], overrides["remat"]) == (False, "dots")
+  assert "--remat" in bench._worker_args("swin_jax", "bench_tiny", 2, args)
+  report = bench.run(args, log=lambda *a, **k: None)
+  assert report["results"][0]["swin_jax"]["forward"]["img_per_s"] > 0
+  assert "| bench_tiny | 2 | float32 | remat=dots |" in bench.format_table(report)
 
 
 def test_xla_cost_analysis_matches_analytic_count():

@@ -54,7 +54,8 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
   config = load_config(path)
   config_lib.validate_config(config)
   stages = len(registry.model_config(config.model.name, **config.model.overrides)["depths"])
-  config.model.overrides.update(dict(embed_dim=8, depths=(2,) + (1,) * (stages - 1),
+  # Two blocks per stage: the official recipes scan over block pairs.
+  config.model.overrides.update(dict(embed_dim=8, depths=(2,) * stages,
                                      num_heads=(1,) * stages))
   config.dataset.data_dir = data_dir
   config.dataset.read_threads = 2

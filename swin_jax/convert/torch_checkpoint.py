@@ -27,6 +27,7 @@ from swin_jax.convert import head_map
 from swin_jax.convert import keys as keys_lib
 from swin_jax.convert import resize
 from swin_jax.convert.state_dict_io import StateDict, read_state_dict
+from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
 from swin_jax.models.swin import SwinTransformer
 
@@ -135,6 +136,13 @@ def load_torch_checkpoint(source: str | os.PathLike | Mapping[str, Any],
   Returns:
     The nested params dict (numpy float32), ready for ``model.apply({'params': params}, x)``.
   """
+  if model.scan_blocks:
+    # Convert with the per-block twin of the model, then stack the blocks.
+    if fallback_params is not None:
+      fallback_params = scan_layout.unstack_blocks(fallback_params, model.depths)
+    params = load_torch_checkpoint(source, model.clone(scan_blocks=False), strict,
+                                   fallback_params)
+    return scan_layout.stack_blocks(params, model.depths)
   sd = to_official_layout(read_state_dict(source), len(model.depths))
   expected = abstract_params(model)
   loaded: dict[Path, np.ndarray] = {}
@@ -208,6 +216,14 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
   """
   if layout not in ("official", "timm"):
     raise ValueError(f"layout must be 'official' or 'timm', got {layout!r}")
+  if model.scan_blocks:
+    if not scan_layout.is_scanned(params):
+      raise CheckpointMismatchError(
+          "the model has scan_blocks=True but the params are per block (layers_i/blocks_j); "
+          "export them with the model built with scan_blocks=False")
+    return export_torch_state_dict(scan_layout.unstack_blocks(params, model.depths),
+                                   model.clone(scan_blocks=False), layout, include_buffers,
+                                   to_torch)
   flat = flax.traverse_util.flatten_dict(dict(params))
   expected = abstract_params(model)
   wrong = sorted(set(flat) ^ set(expected))

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,6 +23,9 @@ CPB_RANGE = 16.0
 CPB_HIDDEN = 512
 # torch.nn.functional.normalize's default eps.
 NORMALIZE_EPS = 1e-12
+# "explicit": einsums + softmax, probabilities sown (what visualisation reads);
+# "dot_product": jax.nn.dot_product_attention (fused cuDNN kernel on GPU), nothing sown.
+ATTENTION_IMPLS = ("explicit", "dot_product")
 
 
 def gather_relative_bias(table: jnp.ndarray, window: window_ops.Pair) -> jnp.ndarray:
@@ -80,10 +84,17 @@ class WindowAttention(nn.Module):
   version: int = 1
   pretrained_window: window_ops.Pair = (0, 0)
   dtype: Dtype = jnp.float32
+  attention_impl: str = "explicit"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: np.ndarray | None, num_windows: int,
                train: bool) -> jnp.ndarray:
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, "
+                       f"got {self.attention_impl!r}")
+    # Attention dropout (0 in every official config) needs the explicit probabilities.
+    if self.attention_impl == "dot_product" and not (train and self.attn_drop_rate > 0):
+      return self._fused_attention(x, mask, num_windows, train)
     bnw, n, c = x.shape
     head_dim = c // self.num_heads
     qkv = self._qkv(x)
@@ -107,6 +118,52 @@ class WindowAttention(nn.Module):
 
   # The helpers below run inside the compact __call__ and create its params.
 
+  def _fused_attention(self, x: jnp.ndarray, mask: np.ndarray | None, num_windows: int,
+                       train: bool) -> jnp.ndarray:
+    """The same attention through ``jax.nn.dot_product_attention`` (cuDNN's fused kernel
+    on GPU where it applies, XLA elsewhere); no probabilities are sown.
+
+    Tokens stay in the ``(B*nW, N, heads, head_dim)`` layout the kernel takes, so the
+    head transposes of the explicit path disappear. The position bias is passed as
+    ``(1, heads, N, N)``; in shifted blocks the per-window mask is added to it and the sum
+    broadcast over the batch, ``(B*nW, heads, N, N)``. V2's per-head temperature scales the
+    normalised queries (``scale=1``).
+    """
+    bnw, n, c = x.shape
+    head_dim = c // self.num_heads
+    qkv = self._qkv(x).reshape(bnw, n, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B*nW, N, heads, head_dim)
+    if self.version == 1:
+      bias = gather_relative_bias(self._bias_table(), self.window)
+      scale = head_dim**-0.5
+    else:
+      q = l2_normalize(q) * jnp.exp(self._logit_scale()).reshape(self.num_heads, 1)
+      k = l2_normalize(k)
+      bias = self._continuous_position_bias()
+      scale = 1.0
+    bias = bias[None]  # (1, heads, N, N)
+    if mask is not None:
+      bias = bias + jnp.asarray(mask)[:, None]  # (nW, heads, N, N)
+      bias = jnp.broadcast_to(bias[None], (bnw // num_windows,) + bias.shape)
+      bias = bias.reshape(bnw, self.num_heads, n, n)
+    out = jax.nn.dot_product_attention(q.astype(self.dtype), k.astype(self.dtype),
+                                       v.astype(self.dtype), bias=bias.astype(self.dtype),
+                                       scale=scale)
+    out = layers.dense(c, "proj", self.dtype)(out.reshape(bnw, n, c))
+    return nn.Dropout(self.proj_drop_rate)(out, deterministic=not train)
+
+  def _bias_table(self) -> jnp.ndarray:
+    wh, ww = self.window
+    return self.param("relative_position_bias_table", layers.trunc_normal_init,
+                      ((2 * wh - 1) * (2 * ww - 1), self.num_heads), jnp.float32)
+
+  def _logit_scale(self) -> jnp.ndarray:
+    """V2's per-head log-temperature ``(heads, 1, 1)``, clamped at ``log 100``."""
+    logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(10.0)),
+                             (self.num_heads, 1, 1), jnp.float32)
+    # torch.clamp(max=...): the gradient passes where logit_scale <= max, ties included.
+    return jnp.where(logit_scale <= MAX_LOGIT_SCALE, logit_scale, MAX_LOGIT_SCALE)
+
   def _qkv(self, x: jnp.ndarray) -> jnp.ndarray:
     c = x.shape[-1]
     if self.version == 1:
@@ -123,10 +180,7 @@ class WindowAttention(nn.Module):
     """V1: ``(q / sqrt(head_dim)) @ k^T + relative bias``, float32 ``(B*nW, heads, N, N)``."""
     q = q * q.shape[-1]**-0.5
     logits = jnp.einsum("bhnd,bhmd->bhnm", q, k)
-    wh, ww = self.window
-    table = self.param("relative_position_bias_table", layers.trunc_normal_init,
-                       ((2 * wh - 1) * (2 * ww - 1), self.num_heads), jnp.float32)
-    return logits.astype(jnp.float32) + gather_relative_bias(table, self.window)[None]
+    return logits.astype(jnp.float32) + gather_relative_bias(self._bias_table(), self.window)[None]
 
   def _cosine_logits(self, q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
     """V2: cosine similarity times the clamped temperature, plus the continuous bias."""
@@ -134,11 +188,7 @@ class WindowAttention(nn.Module):
     k = l2_normalize(k).astype(self.dtype)
     cosine = jnp.einsum("bhnd,bhmd->bhnm", q, k,
                         preferred_element_type=jnp.promote_types(self.dtype, jnp.float32))
-    logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(10.0)),
-                             (self.num_heads, 1, 1), jnp.float32)
-    # torch.clamp(max=...): the gradient passes where logit_scale <= max, ties included.
-    logit_scale = jnp.where(logit_scale <= MAX_LOGIT_SCALE, logit_scale, MAX_LOGIT_SCALE)
-    logits = cosine * jnp.exp(logit_scale)
+    logits = cosine * jnp.exp(self._logit_scale())
     return logits + self._continuous_position_bias()[None]
 
   def _continuous_position_bias(self) -> jnp.ndarray:

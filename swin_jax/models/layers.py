@@ -50,17 +50,30 @@ class DropPath(nn.Module):
   """Stochastic depth per sample: zeroes a sample's residual branch with prob ``rate``.
 
   Kept samples are rescaled by ``1 / (1 - rate)``. Draws from the ``dropout`` RNG stream.
+  ``rate`` given at call time (a traced scalar, as inside a scan over blocks) overrides
+  the field; then a draw happens even at rate 0 (keeping every sample, scale 1).
   """
-  rate: float
+  rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    if not train or self.rate == 0.0:
+  def __call__(self, x: jnp.ndarray, train: bool,
+               rate: float | jnp.ndarray | None = None) -> jnp.ndarray:
+    rate = self.rate if rate is None else rate
+    if not train or (isinstance(rate, float) and rate == 0.0):
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     kept = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(kept, x / keep, jnp.zeros_like(x))
+
+
+def gelu(x: jnp.ndarray) -> jnp.ndarray:
+  """Exact GELU written as PyTorch's kernel does, ``x/2 * (1 + erf(x/sqrt(2)))``.
+
+  Same function as ``nn.gelu(approximate=False)``, but that goes through ``erfc``, whose
+  XLA expansion (exp + selects) made the forward GELU ~1.5x slower on CPU.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))).astype(x.dtype))
 
 
 class Mlp(nn.Module):
@@ -73,7 +86,7 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     x = dense(self.hidden_dim, "fc1", self.dtype)(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
     x = dense(self.out_dim, "fc2", self.dtype)(x)
     return nn.Dropout(self.drop_rate)(x, deterministic=not train)

@@ -30,6 +30,7 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -39,6 +40,28 @@ from swin_jax.models import window as window_ops
 
 Dtype = Any
 Pair = window_ops.Pair
+
+
+# ``remat`` settings -> jax.checkpoint policies: what the backward pass may keep from the
+# forward instead of recomputing it ("full": nothing but the block's inputs).
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_module(module_cls: type[nn.Module], remat: str,
+                 static_argnums: tuple[int, ...]) -> type[nn.Module]:
+  """``module_cls`` under ``nn.remat`` with the named policy; unchanged for ``"none"``.
+
+  ``static_argnums`` counts ``self`` as argument 0 (the ``train`` flag must be static).
+  """
+  if remat == "none":
+    return module_cls
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {['none', *REMAT_POLICIES]}, got {remat!r}")
+  return nn.remat(module_cls, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)
 
 
 class SwinTransformerBlock(nn.Module):
@@ -62,6 +85,7 @@ class SwinTransformerBlock(nn.Module):
   version: int = 1
   pretrained_window: Pair = (0, 0)
   dtype: Dtype = jnp.float32
+  attention_impl: str = "explicit"
 
   def setup(self):
     if self.version == 1:
@@ -73,7 +97,8 @@ class SwinTransformerBlock(nn.Module):
     self.attn = attention.WindowAttention(
         self.dim, self.num_heads, self.window, qkv_bias=self.qkv_bias,
         attn_drop_rate=self.attn_drop_rate, proj_drop_rate=self.drop_rate,
-        version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype)
+        version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype,
+        attention_impl=self.attention_impl)
     self.drop_path = layers.DropPath(self.drop_path_rate)
     self.norm2 = norm(dtype=self.dtype)
     self.mlp = layers.Mlp(int(self.dim * self.mlp_ratio), self.dim, self.drop_rate, self.dtype)
@@ -98,12 +123,34 @@ class SwinTransformerBlock(nn.Module):
       x = window_ops.reverse_cyclic_shift(x, self.shift)
     return x
 
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               drop_path_rate: jnp.ndarray | None = None) -> jnp.ndarray:
+    """``drop_path_rate`` (a traced scalar inside a scan) overrides the field."""
+    def drop_path(y):
+      return self.drop_path(y, train, drop_path_rate)
+
     if self.version == 1:
-      x = x + self.drop_path(self.window_attention(self.norm1(x), train), train)
-      return x + self.drop_path(self.mlp(self.norm2(x), train), train)
-    x = x + self.drop_path(self.norm1(self.window_attention(x, train)), train)
-    return x + self.drop_path(self.norm2(self.mlp(x, train)), train)
+      x = x + drop_path(self.window_attention(self.norm1(x), train))
+      return x + drop_path(self.mlp(self.norm2(x), train))
+    x = x + drop_path(self.norm1(self.window_attention(x, train)))
+    return x + drop_path(self.norm2(self.mlp(x, train)))
+
+
+class SwinBlockPair(nn.Module):
+  """A W-MSA block then an SW-MSA block (``block0``, ``block1``): the unit that a stage
+  scans over with ``scan_blocks``. ``(x, rates (2,), train) -> (x, None)``, where ``rates``
+  are the two blocks' stochastic-depth rates."""
+  block: functools.partial
+  windows: tuple[Pair, Pair]
+  shifts: tuple[Pair, Pair]
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, rates: jnp.ndarray,
+               train: bool) -> tuple[jnp.ndarray, None]:
+    for j in range(2):
+      block = self.block(window=self.windows[j], shift=self.shifts[j], name=f"block{j}")
+      x = block(x, train, rates[j])
+    return x, None
 
 
 class SwinStage(nn.Module):
@@ -128,22 +175,56 @@ class SwinStage(nn.Module):
   pretrained_window: Pair = (0, 0)
   dtype: Dtype = jnp.float32
 
+  scan_blocks: bool = False
+  remat: str = "none"
+  attention_impl: str = "explicit"
+
   def setup(self):
-    self.blocks = [
-        SwinTransformerBlock(
-            self.dim, self.num_heads, window, shift, mlp_ratio=self.mlp_ratio,
-            qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
-            attn_drop_rate=self.attn_drop_rate, drop_path_rate=float(rate),
-            version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype)
-        for window, shift, rate in zip(self.windows, self.shifts, self.drop_path_rates)
-    ]
+    block_kwargs = dict(
+        dim=self.dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+        qkv_bias=self.qkv_bias, drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
+        version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype,
+        attention_impl=self.attention_impl)
+    if self.scan_blocks:
+      self._check_scannable()
+      # Params and sown intermediates get a leading (depth // 2) axis; one compiled loop
+      # body serves every pair, and XLA cannot fuse across the loop's iterations.
+      pair = nn.scan(
+          remat_module(SwinBlockPair, self.remat, static_argnums=(3,)),
+          variable_axes={"params": 0, "intermediates": 0},
+          split_rngs={"params": True, "dropout": True}, in_axes=(0, nn.broadcast),
+          length=len(self.windows) // 2)
+      self.block_pairs = pair(
+          functools.partial(SwinTransformerBlock, **block_kwargs),
+          tuple(self.windows[:2]), tuple(self.shifts[:2]))
+    else:
+      block = remat_module(SwinTransformerBlock, self.remat, static_argnums=(2,))
+      self.blocks = [
+          block(window=window, shift=shift, drop_path_rate=float(rate), **block_kwargs)
+          for window, shift, rate in zip(self.windows, self.shifts, self.drop_path_rates)
+      ]
     if self.downsample_dim is not None:
       self.downsample = layers.PatchMerging(self.downsample_dim, norm_after=self.version == 2,
                                             dtype=self.dtype)
 
+  def _check_scannable(self) -> None:
+    depth = len(self.windows)
+    if depth % 2:
+      raise ValueError(f"scan_blocks scans over (W-MSA, SW-MSA) block pairs and needs an even "
+                       f"depth per stage; this stage has {depth} blocks")
+    pairs = {(tuple(self.windows[j:j + 2]), tuple(self.shifts[j:j + 2]))
+             for j in range(0, depth, 2)}
+    if len(pairs) != 1:
+      raise ValueError(f"scan_blocks needs every block pair of a stage to share its window "
+                       f"geometry, got windows {self.windows} and shifts {self.shifts}")
+
   def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
-    for block in self.blocks:
-      x = block(x, train)
+    if self.scan_blocks:
+      rates = jnp.asarray(self.drop_path_rates, jnp.float32).reshape(-1, 2)
+      x, _ = self.block_pairs(x, rates, train)
+    else:
+      for block in self.blocks:
+        x = block(x, train)
     if self.downsample_dim is None:
       return x, x
     return x, self.downsample(x)
@@ -183,6 +264,17 @@ class SwinTransformer(nn.Module):
   version: int = 1
   pretrained_window_sizes: Sequence[int | Sequence[int]] = (0, 0, 0, 0)
   dtype: Dtype = jnp.float32
+  # Performance switches; neither changes the numerics (see docs in the README).
+  # scan_blocks: each stage runs its (W-MSA, SW-MSA) pairs as one nn.scan, so compile time
+  # does not grow with depth; params become ``layers_i/block_pairs/block{0,1}/...`` with a
+  # leading (depth // 2) axis (``swin_jax.models.scan_layout`` converts both ways).
+  scan_blocks: bool = False
+  # Rematerialise each block (or pair) in the backward pass: "none", "full", "dots",
+  # "dots_no_batch" (see REMAT_POLICIES): less activation memory for more compute.
+  remat: str = "none"
+  # "explicit" (einsums, probabilities sown for visualisation) or "dot_product"
+  # (jax.nn.dot_product_attention: cuDNN's fused kernel on GPU); same numbers.
+  attention_impl: str = "explicit"
 
   @property
   def patch_grid(self) -> Pair:
@@ -248,7 +340,9 @@ class SwinTransformer(nn.Module):
           downsample_dim=2 * dim if i < num_stages - 1 else None, mlp_ratio=self.mlp_ratio,
           qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
           attn_drop_rate=self.attn_drop_rate, version=self.version,
-          pretrained_window=self.pretrained_window(i), dtype=self.dtype))
+          pretrained_window=self.pretrained_window(i), dtype=self.dtype,
+          scan_blocks=self.scan_blocks, remat=self.remat,
+          attention_impl=self.attention_impl))
     self.layers = stages
     if self.feature_norm:
       for i in range(num_stages):

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
 
 Pair = tuple[int, int]
@@ -97,13 +98,19 @@ def collect_attention(model, params: Any, images) -> tuple[np.ndarray, dict[Bloc
   are the ones the model sows (``intermediates/layers_i/blocks_j/attn/attn_probs``), as numpy.
   Compiles on every call (Flax modules with list fields cannot key a cache).
   """
+  model = model.clone(attention_impl="explicit")  # the fused kernel sows no probabilities
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False,
                                              mutable=["intermediates"]))
   logits, state = forward(params, images)
   probs = {}
   for stage, depth in enumerate(model.depths):
+    sown = state["intermediates"][f"layers_{stage}"]
     for block in range(depth):
-      (p,) = state["intermediates"][f"layers_{stage}"][f"blocks_{block}"]["attn"]["attn_probs"]
+      if model.scan_blocks:  # stacked per pair: see swin_jax.models.scan_layout
+        (p,) = sown[scan_layout.PAIRS][f"block{block % 2}"]["attn"]["attn_probs"]
+        p = p[block // 2]
+      else:
+        (p,) = sown[f"blocks_{block}"]["attn"]["attn_probs"]
       probs[stage, block] = np.asarray(p)
   return np.asarray(logits), probs
 
