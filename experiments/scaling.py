@@ -19,7 +19,6 @@ assignment for one device: arguments + outputs + temporaries - aliased).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -40,7 +39,7 @@ def measure(model_name: str, devices: int, mode: str, batch: int, steps: int) ->
   from swin_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import sharding  # pylint: disable=import-outside-toplevel
   from swin_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
-  from swin_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  from swin_jax.train import loop  # pylint: disable=import-outside-toplevel
 
   assert jax.device_count() == devices, (jax.device_count(), devices)
   config = config_lib.base_config()
@@ -63,12 +62,7 @@ def measure(model_name: str, devices: int, mode: str, batch: int, steps: int) ->
   images = jax.device_put(jax.random.normal(rng, (batch, size, size, 3)), batch_sharding)
   labels = jax.device_put(jnp.arange(batch) % model.num_classes, batch_sharding)
   data = {"image": images, "label": labels}
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  step_fn = jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                        num_classes=model.num_classes, mixup_config=config.mixup),
-      in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
-      donate_argnums=0)
+  step_fn = loop.sharded_train_step(model, tx, schedule, config.mixup, state_sharding, mesh)
   start = time.perf_counter()
   compiled = step_fn.lower(state, data).compile()
   compile_s = time.perf_counter() - start

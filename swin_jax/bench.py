@@ -20,6 +20,11 @@ For each (model, batch) it measures, for swin_jax:
   convolution only), the official ``flops()`` convention computed analytically
   (``analytic_macs``) and the paper's figure;
 
+The swin_jax model is built with the training recipes' performance options unless told
+otherwise: ``--scan_blocks on|off`` (default on), ``--remat none|full|dots|dots_no_batch``
+(default dots_no_batch), ``--attention_impl explicit|dot_product`` (default explicit);
+the table's ``options`` column names them.
+
 and with ``--vs timm`` the same throughputs for ``timm.create_model(name)`` (PyTorch eager,
 no ``torch.compile``, same threads, NCHW input) plus the ratios swin_jax / timm.
 
@@ -198,11 +203,15 @@ def _paper(name: str, model: Any, hw: tuple[int, int]) -> float | None:
 
 def forward_macs(model: Any, batch: int = 1, img_size: int | Sequence[int] | None = None,
                  name: str = "") -> dict[str, Any]:
-  """The MAC figures of ``measure_jax`` without running anything (abstract params)."""
+  """The MAC figures of ``measure_jax`` without running anything (abstract params).
+
+  Counted on the unscanned model: XLA's cost analysis sees a scan's loop body once.
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
+  model = model.clone(scan_blocks=False)
   h, w = window_ops.to_pair(model.img_size if img_size is None else img_size)
   images = jax.ShapeDtypeStruct((batch, h, w, model.in_chans), jnp.float32)
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
@@ -271,6 +280,7 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
+  from swin_jax.models import scan_layout  # pylint: disable=import-outside-toplevel
   from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
   from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
@@ -292,8 +302,19 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   lowered = forward.lower(params, images)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  cost = _cost(compiled)
-  matmul_macs = stablehlo_matmul_macs(lowered.as_text())
+  # XLA's cost analysis and the StableHLO count see a scan's loop body once, so MACs are
+  # counted on the unscanned twin of the model (the same ops, unrolled).
+  mac_model = model.clone(scan_blocks=False) if model.scan_blocks else model
+  mac_params = (scan_layout.unstack_blocks(params, model.depths) if model.scan_blocks
+                else params)
+  if mac_model is model:
+    mac_lowered, mac_compiled = lowered, compiled
+  else:
+    mac_lowered = jax.jit(lambda p, x: mac_model.apply({"params": p}, x, train=False)).lower(
+        mac_params, images)
+    mac_compiled = mac_lowered.compile()
+  cost = _cost(mac_compiled)
+  matmul_macs = stablehlo_matmul_macs(mac_lowered.as_text())
 
   def run_forward():
     compiled(params, images).block_until_ready()
@@ -318,17 +339,22 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
       config.model.name = name
     tx, schedule = optimizer_lib.make_optimizer(config, total_steps=10_000,
                                                 steps_per_epoch=1_000)
+
+    def jitted_train_step(m):
+      return jax.jit(functools.partial(
+          step_lib.train_step, model=m, tx=tx, schedule=schedule,
+          num_classes=max(m.num_classes, 1), mixup_config=config.mixup), donate_argnums=0)
+
     state = state_lib.create_train_state(params, tx, rng)
-    train_step = jax.jit(functools.partial(
-        step_lib.train_step, model=model, tx=tx, schedule=schedule,
-        num_classes=max(model.num_classes, 1), mixup_config=config.mixup),
-        donate_argnums=0)
     batch_data = {"image": images, "label": labels}
     start = time.perf_counter()
-    lowered_train = train_step.lower(state, batch_data)
-    compiled_train = lowered_train.compile()
+    compiled_train = jitted_train_step(model).lower(state, batch_data).compile()
     train_compile_s = time.perf_counter() - start
-    train_cost = _cost(compiled_train)
+    if mac_model is model:
+      train_cost = _cost(compiled_train)
+    else:  # compiled only for its cost analysis (see the forward MACs above)
+      train_cost = _cost(jitted_train_step(mac_model).lower(
+          state_lib.create_train_state(mac_params, tx, rng), batch_data).compile())
     holder = {"state": state}
 
     def run_train():
@@ -476,7 +502,8 @@ def environment(framework: str, threads: int) -> dict[str, Any]:
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
   """swin_jax model fields set by the command line (dtype, size, performance options)."""
-  overrides = dict(dtype=args.dtype, scan_blocks=args.scan_blocks == "on", remat=args.remat)
+  overrides = dict(dtype=args.dtype, scan_blocks=args.scan_blocks == "on", remat=args.remat,
+                   attention_impl=args.attention_impl)
   if args.img_size:
     overrides["img_size"] = args.img_size
   return overrides
@@ -487,6 +514,8 @@ def options_label(args: dict[str, Any]) -> str:
   parts = (["scan"] if args.get("scan_blocks", "off") == "on" else [])
   if args.get("remat", "none") != "none":
     parts.append(f"remat={args['remat']}")
+  if args.get("attention_impl", "explicit") != "explicit":
+    parts.append(args["attention_impl"])
   return ", ".join(parts) or "-"
 
 
@@ -514,7 +543,8 @@ def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> 
 def _worker_args(framework: str, name: str, batch: int, args: argparse.Namespace) -> list[str]:
   out = [sys.executable, "-m", "swin_jax.bench", "--worker", framework, "--model", name,
          "--batch", str(batch), "--dtype", args.dtype, "--scan_blocks", args.scan_blocks,
-         "--remat", args.remat, "--repeats", str(args.repeats),
+         "--remat", args.remat, "--attention_impl", args.attention_impl,
+         "--repeats", str(args.repeats),
          "--warmup", str(args.warmup), "--iters", str(args.iters), "--threads",
          str(args.threads)]
   if args.skip_train:
@@ -649,9 +679,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype (params stay float32; timm: autocast)")
   p.add_argument("--scan_blocks", default="on", choices=("on", "off"),
-                 help="swin_jax: nn.scan over block pairs, as the training recipes (default on)")
-  p.add_argument("--remat", default="none", choices=("none", "full", "dots", "dots_no_batch"),
-                 help="swin_jax: rematerialisation policy of each block (pair)")
+                 help="swin_jax: nn.scan over block pairs (default on, as the recipes)")
+  p.add_argument("--remat", default="dots_no_batch",
+                 choices=("none", "full", "dots", "dots_no_batch"),
+                 help="swin_jax: rematerialisation policy of each block (pair); default: "
+                 "the recipes' dots_no_batch")
+  p.add_argument("--attention_impl", default="explicit", choices=("explicit", "dot_product"),
+                 help="swin_jax: einsum attention or jax.nn.dot_product_attention")
   p.add_argument("--img_size", type=int, default=0, help="build both models for this input "
                  "size (0: the model's own); window clamps follow it, as in timm")
   p.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported")

@@ -101,8 +101,8 @@ def test_report_fields_macs_and_json(tiny_report):
   assert macs["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
   table = bench.format_table(report)
   assert "bench_tiny" in table and "fwd img/s" in table and "official-formula" in table
-  # The recipes' default: blocks scanned in pairs, no remat.
-  assert "| bench_tiny | 2 | float32 | scan |" in table
+  # The recipes' default options.
+  assert "| bench_tiny | 2 | float32 | scan, remat=dots_no_batch |" in table
 
 
 def test_model_options_reach_the_model_and_the_table(monkeypatch):
@@ -125,6 +125,16 @@ def test_xla_cost_analysis_matches_analytic_count():
   macs = bench.forward_macs(model, batch=2)
   assert macs["matmul_forward_per_img"] == macs["analytic_matmul_per_img"]
   assert macs["xla_forward_per_img"] == pytest.approx(macs["analytic_per_img"], rel=0.05)
+
+
+def test_scanned_models_count_every_block():
+  """XLA's cost analysis sees a scan's loop body once; the bench counts the unrolled twin."""
+  model = SwinTransformer(**{**TINY, "depths": (2, 4), "num_heads": (1, 2)}, scan_blocks=True)
+  macs = bench.forward_macs(model, batch=1)
+  assert macs["matmul_forward_per_img"] == macs["analytic_matmul_per_img"]
+  res = bench.measure_jax(model, 1, repeats=1, warmup=0)
+  assert res["macs"]["matmul_forward_per_img"] == macs["matmul_forward_per_img"]
+  assert res["macs"]["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
 
 
 def test_timm_side_tiny():

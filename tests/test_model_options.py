@@ -173,3 +173,20 @@ def test_unknown_attention_impl_names_the_choices():
   model = swin_jax.SwinTransformer(attention_impl="flash", **SMALL)
   with pytest.raises(ValueError, match=r"attention_impl must be one of \('explicit', 'dot_product'\)"):
     model.init(jax.random.PRNGKey(0), images())
+
+
+def test_bfloat16_scanned_model_trains_in_bfloat16(plain_and_scanned):
+  """The traced drop-path rate inside the scan must keep bf16 activations bf16."""
+  plain, _, params = plain_and_scanned
+  model = swin_jax.SwinTransformer(scan_blocks=True, remat="dots_no_batch", dtype="bfloat16",
+                                   **SMALL)
+  stacked = scan_layout.stack_blocks(params, plain.depths)
+
+  def loss(p):
+    out = model.apply({"params": p}, images(seed=9), train=True,
+                      rngs={"dropout": jax.random.PRNGKey(10)})
+    return jnp.sum(out ** 2)
+
+  grads = jax.jit(jax.grad(loss))(stacked)
+  assert all(g.dtype == jnp.float32 and bool(jnp.isfinite(g).all())
+             for g in jax.tree.leaves(grads))

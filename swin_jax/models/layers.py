@@ -64,7 +64,9 @@ class DropPath(nn.Module):
     keep = 1.0 - rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     kept = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-    return jnp.where(kept, x / keep, jnp.zeros_like(x))
+    # A traced float32 rate must not promote bf16 activations (a scan's carry keeps its dtype).
+    scale = keep if isinstance(keep, float) else jnp.asarray(keep, x.dtype)
+    return jnp.where(kept, x / scale, jnp.zeros_like(x))
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:

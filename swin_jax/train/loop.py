@@ -122,6 +122,18 @@ def evaluate(eval_fn, params, config, mesh) -> dict[str, float]:
   return {f"eval/{k}": totals[k] / count for k in ("top1", "top5", "loss")}
 
 
+def sharded_train_step(model, tx, schedule, mixup_config: ml_collections.ConfigDict,
+                       state_sharding: Any, mesh: jax.sharding.Mesh):
+  """The jitted ``train_step``: state sharded as ``state_sharding`` and donated, the batch
+  split over the mesh, metrics replicated. ``(state, batch) -> (state, metrics)``."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(
+      functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
+                        num_classes=model.num_classes, mixup_config=mixup_config),
+      in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
+      out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Runs (or resumes) the training described by ``config`` in ``workdir``.
 
@@ -183,11 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   # --- compiled steps ---
   batch_sharding = sharding_lib.batch_sharding(mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  train_fn = jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                        num_classes=model.num_classes, mixup_config=config.mixup),
-      in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, replicated),
-      donate_argnums=0)
+  train_fn = sharded_train_step(model, tx, schedule, config.mixup, state_sharding, mesh)
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model),
                     in_shardings=(state_sharding.params, batch_sharding),
                     out_shardings=replicated)
