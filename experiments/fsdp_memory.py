@@ -22,6 +22,8 @@ from swin_jax.models.swin import SwinTransformer
 from swin_jax.train import sharding
 
 MIN_SIZE = 2**18  # the config default fsdp_min_weight_size
+# The recipes' layout: blocks stacked per pair, so the rule sees (depth // 2, ...) arrays.
+RECIPE = dict(scan_blocks=True)
 FSDP_SIZES = (1, 8, 64, 256)
 
 # SwinV2-G as in the V2 paper (3.0B params): C=512, depths (2,2,42,4), heads (16,32,64,128),
@@ -47,9 +49,9 @@ def per_device_bytes(model: SwinTransformer, fsdp_size: int) -> tuple[int, int]:
 
 def main() -> None:
   models = {
-      "Swin-L 224 (swin_large_patch4_window7_224)": registry.create_model("swin_l"),
-      "SwinV2-B 192 (22K head)": registry.create_model("swinv2_base_window12_192"),
-      "SwinV2-G-sized (C 512, depths 2-2-42-4)": SwinTransformer(**SWINV2_G),
+      "Swin-L 224 (swin_large_patch4_window7_224)": registry.create_model("swin_l", **RECIPE),
+      "SwinV2-B 192 (22K head)": registry.create_model("swinv2_base_window12_192", **RECIPE),
+      "SwinV2-G-sized (C 512, depths 2-2-42-4)": SwinTransformer(**SWINV2_G, **RECIPE),
   }
   header = " | ".join(f"fsdp={n}" for n in FSDP_SIZES)
   print(f"| model | params | {header} |")
