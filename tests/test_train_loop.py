@@ -151,3 +151,37 @@ def test_run_writes_metrics_jsonl_tensorboard_and_its_config(data_dir, tmp_path)
   assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["model"]["name"] == config.model.name
+
+
+NO_LEARNING = {"total_steps": 1, "optimizer.base_lr": 0.0, "optimizer.warmup_lr": 0.0,
+               "optimizer.min_lr": 0.0}
+
+
+def test_init_from_a_scanned_run_into_a_per_block_run_and_from_a_pth(data_dir, tmp_path):
+  """init_from translates layouts: a scanned run's final params start a per-block run
+  (and the reverse through an exported .pth), value for value."""
+  from swin_jax.convert import export_torch_state_dict  # pylint: disable=import-outside-toplevel
+  from swin_jax.models import scan_layout  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+
+  scanned_dir = str(tmp_path / "scanned")
+  config = tiny_config(data_dir, total_steps=2, checkpoint_every_steps=2)
+  config.model.overrides.update(dict(scan_blocks=True, remat="dots_no_batch"))
+  first = loop.train_and_evaluate(config, scanned_dir)
+  trained = jax.device_get(first.state.params)
+  assert scan_layout.is_scanned(trained)
+
+  # One step at lr 0 (AdamW's update, weight decay included, scales with lr): the next
+  # run's params are exactly what init_from loaded.
+  plain = tiny_config(data_dir, init_from=scanned_dir, **NO_LEARNING)
+  loaded = jax.device_get(loop.train_and_evaluate(plain, str(tmp_path / "plain")).state.params)
+  depths = config.model.overrides.depths
+  jax.tree.map(np.testing.assert_array_equal, loaded, scan_layout.unstack_blocks(trained, depths))
+
+  model = registry.create_model(plain.model.name, **plain.model.overrides)
+  pth = str(tmp_path / "plain.pth")
+  torch.save({"model": export_torch_state_dict(loaded, model, to_torch=True)}, pth)
+  again = tiny_config(data_dir, init_from=pth, **NO_LEARNING)
+  again.model.overrides.update(dict(scan_blocks=True))
+  back = jax.device_get(loop.train_and_evaluate(again, str(tmp_path / "again")).state.params)
+  jax.tree.map(np.testing.assert_array_equal, back, trained)
