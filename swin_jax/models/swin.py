@@ -158,6 +158,8 @@ class SwinStage(nn.Module):
 
   ``windows[j]`` / ``shifts[j]`` give block j's (clamped) window and shift;
   ``pretrained_window`` is the stage's V2 pretraining window ((0, 0): none).
+  ``scan_blocks``, ``remat``, ``attention_impl``: the performance options of
+  ``SwinTransformer`` (same numbers either way).
   Returns ``(features, output)``: the blocks' output ``(B, H, W, C)`` (what dense heads use)
   and the merged map ``(B, H/2, W/2, 2C)`` (or the features again for the last stage).
   """
