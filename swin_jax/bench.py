@@ -302,19 +302,6 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   lowered = forward.lower(params, images)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  # XLA's cost analysis and the StableHLO count see a scan's loop body once, so MACs are
-  # counted on the unscanned twin of the model (the same ops, unrolled).
-  mac_model = model.clone(scan_blocks=False) if model.scan_blocks else model
-  mac_params = (scan_layout.unstack_blocks(params, model.depths) if model.scan_blocks
-                else params)
-  if mac_model is model:
-    mac_lowered, mac_compiled = lowered, compiled
-  else:
-    mac_lowered = jax.jit(lambda p, x: mac_model.apply({"params": p}, x, train=False)).lower(
-        mac_params, images)
-    mac_compiled = mac_lowered.compile()
-  cost = _cost(mac_compiled)
-  matmul_macs = stablehlo_matmul_macs(mac_lowered.as_text())
 
   def run_forward():
     compiled(params, images).block_until_ready()
@@ -325,8 +312,11 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   times = _timings(run_forward, warmup, repeats, iters)
   res["forward"] = dict(**_summary(times, batch), compile_s=compile_s, first_call_s=first_call_s,
                         xla_memory=_memory(compiled), rss_peak_mb=_maxrss_mb())
-  res["macs"] = _macs_dict(cost, matmul_macs, analytic_macs(model, (h, w)), batch,
-                          _paper(name, model, (h, w)))
+  if model.scan_blocks:  # counted on the unscanned twin, see forward_macs
+    res["macs"] = forward_macs(model, batch, (h, w), name)
+  else:
+    res["macs"] = _macs_dict(_cost(compiled), stablehlo_matmul_macs(lowered.as_text()),
+                            analytic_macs(model, (h, w)), batch, _paper(name, model, (h, w)))
 
   # Train step: the real one, AdamW from the recipe's optimizer code.
   if not skip_train:
@@ -350,11 +340,13 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
     start = time.perf_counter()
     compiled_train = jitted_train_step(model).lower(state, batch_data).compile()
     train_compile_s = time.perf_counter() - start
-    if mac_model is model:
+    if model.scan_blocks:  # the unscanned twin, compiled only for its cost analysis
+      twin_state = state_lib.create_train_state(
+          scan_layout.unstack_blocks(params, model.depths), tx, rng)
+      train_cost = _cost(jitted_train_step(model.clone(scan_blocks=False)).lower(
+          twin_state, batch_data).compile())
+    else:
       train_cost = _cost(compiled_train)
-    else:  # compiled only for its cost analysis (see the forward MACs above)
-      train_cost = _cost(jitted_train_step(mac_model).lower(
-          state_lib.create_train_state(mac_params, tx, rng), batch_data).compile())
     holder = {"state": state}
 
     def run_train():

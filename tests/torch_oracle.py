@@ -28,10 +28,15 @@ def timm_swin(name_or_kwargs: str | dict[str, Any], **kw: Any) -> torch.nn.Modul
   or a dict of ``timm.models.swin_transformer.SwinTransformer`` constructor arguments
   (merged with ``kw``).
   """
+  return _timm_model(timm_swin_module.SwinTransformer, name_or_kwargs, kw)
+
+
+def _timm_model(module_cls: type, name_or_kwargs: str | dict[str, Any],
+                kw: dict[str, Any]) -> torch.nn.Module:
   if isinstance(name_or_kwargs, str):
     model = timm.create_model(name_or_kwargs, pretrained=False, **kw)
   else:
-    model = timm_swin_module.SwinTransformer(**{**name_or_kwargs, **kw})
+    model = module_cls(**{**name_or_kwargs, **kw})
   return model.float().eval()
 
 
@@ -68,11 +73,7 @@ def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def timm_swinv2(name_or_kwargs: str | dict[str, Any], **kw: Any) -> torch.nn.Module:
   """``timm_swin`` for Swin V2: a timm model name or ``SwinTransformerV2`` arguments."""
-  if isinstance(name_or_kwargs, str):
-    model = timm.create_model(name_or_kwargs, pretrained=False, **kw)
-  else:
-    model = timm_swinv2_module.SwinTransformerV2(**{**name_or_kwargs, **kw})
-  return model.float().eval()
+  return _timm_model(timm_swinv2_module.SwinTransformerV2, name_or_kwargs, kw)
 
 
 @torch.no_grad()

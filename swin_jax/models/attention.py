@@ -105,7 +105,7 @@ class WindowAttention(nn.Module):
       logits = self._scaled_dot_product_logits(q, k)
     else:
       logits = self._cosine_logits(q, k)
-    logits = add_window_mask(logits, mask)
+    logits = add_window_mask(logits + self._position_bias()[None], mask)
     probs = nn.softmax(logits, axis=-1)
     self.sow("intermediates", "attn_probs",
              probs.reshape(bnw // num_windows, num_windows, self.num_heads, n, n))
@@ -134,14 +134,12 @@ class WindowAttention(nn.Module):
     qkv = self._qkv(x).reshape(bnw, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B*nW, N, heads, head_dim)
     if self.version == 1:
-      bias = gather_relative_bias(self._bias_table(), self.window)
       scale = head_dim**-0.5
     else:
       q = l2_normalize(q) * jnp.exp(self._logit_scale()).reshape(self.num_heads, 1)
       k = l2_normalize(k)
-      bias = self._continuous_position_bias()
       scale = 1.0
-    bias = bias[None]  # (1, heads, N, N)
+    bias = self._position_bias()[None]  # (1, heads, N, N)
     if mask is not None:
       bias = bias + jnp.asarray(mask)[:, None]  # (nW, heads, N, N)
       bias = jnp.broadcast_to(bias[None], (bnw // num_windows,) + bias.shape)
@@ -152,10 +150,15 @@ class WindowAttention(nn.Module):
     out = layers.dense(c, "proj", self.dtype)(out.reshape(bnw, n, c))
     return nn.Dropout(self.proj_drop_rate)(out, deterministic=not train)
 
-  def _bias_table(self) -> jnp.ndarray:
+  def _position_bias(self) -> jnp.ndarray:
+    """The ``(heads, N, N)`` float32 logit bias: V1's learnt relative-position table,
+    gathered by the official index; V2's continuous position bias."""
+    if self.version == 2:
+      return self._continuous_position_bias()
     wh, ww = self.window
-    return self.param("relative_position_bias_table", layers.trunc_normal_init,
-                      ((2 * wh - 1) * (2 * ww - 1), self.num_heads), jnp.float32)
+    table = self.param("relative_position_bias_table", layers.trunc_normal_init,
+                       ((2 * wh - 1) * (2 * ww - 1), self.num_heads), jnp.float32)
+    return gather_relative_bias(table, self.window)
 
   def _logit_scale(self) -> jnp.ndarray:
     """V2's per-head log-temperature ``(heads, 1, 1)``, clamped at ``log 100``."""
@@ -177,19 +180,17 @@ class WindowAttention(nn.Module):
     return qkv + bias.astype(qkv.dtype)
 
   def _scaled_dot_product_logits(self, q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
-    """V1: ``(q / sqrt(head_dim)) @ k^T + relative bias``, float32 ``(B*nW, heads, N, N)``."""
+    """V1: ``(q / sqrt(head_dim)) @ k^T``, float32 ``(B*nW, heads, N, N)``."""
     q = q * q.shape[-1]**-0.5
-    logits = jnp.einsum("bhnd,bhmd->bhnm", q, k)
-    return logits.astype(jnp.float32) + gather_relative_bias(self._bias_table(), self.window)[None]
+    return jnp.einsum("bhnd,bhmd->bhnm", q, k).astype(jnp.float32)
 
   def _cosine_logits(self, q: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
-    """V2: cosine similarity times the clamped temperature, plus the continuous bias."""
+    """V2: cosine similarity times the clamped temperature, at least float32."""
     q = l2_normalize(q).astype(self.dtype)
     k = l2_normalize(k).astype(self.dtype)
     cosine = jnp.einsum("bhnd,bhmd->bhnm", q, k,
                         preferred_element_type=jnp.promote_types(self.dtype, jnp.float32))
-    logits = cosine * jnp.exp(self._logit_scale())
-    return logits + self._continuous_position_bias()[None]
+    return cosine * jnp.exp(self._logit_scale())
 
   def _continuous_position_bias(self) -> jnp.ndarray:
     """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, at least float32."""
