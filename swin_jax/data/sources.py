@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import file_adapters
 
 from swin_jax.data import demo_dataset
+from swin_jax.data import digit_scenes
 from swin_jax.data import imagenet22k  # noqa: F401  (registers the 'imagenet22k' builder)
 
 README_SECTION = 'README "Preparing ImageNet-1K and ImageNet-22K"'
@@ -38,13 +39,15 @@ def resolve_data_dir(data_dir: str | None = None) -> str:
 def prepared_builder(dataset_config) -> tfds.core.DatasetBuilder:
   """The TFDS builder of ``dataset_config.name`` if it is prepared as ArrayRecord.
 
-  Builds the embedded demo dataset on first use; raises DatasetNotFoundError /
+  Builds the embedded datasets (the demo digits, the digit scenes) on first use; raises DatasetNotFoundError /
   DatasetFormatError (with what to do) otherwise. Never downloads or prepares anything.
   """
   name = dataset_config.name
   data_dir = resolve_data_dir(dataset_config.get("data_dir", ""))
   if name.split(":")[0].split("/")[0] == demo_dataset.DEMO_DATASET:
     demo_dataset.ensure_demo_dataset(data_dir)
+  if digit_scenes.is_digit_scenes(name):
+    digit_scenes.ensure_for_name(name, data_dir)
   try:
     # Constructing a builder only reads metadata; download_and_prepare is never called.
     builder = tfds.builder(name, data_dir=data_dir)
