@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from swin_jax.models import SwinTransformer
+from swin_jax.models import scan_layout
 from swin_jax.train import config as config_lib
 from swin_jax.train import optimizer as opt_lib
 
@@ -130,6 +131,46 @@ def test_weight_decay_mask_on_swin_v2_names():
   assert [k for k, v in mask.items() if v] == ["layers_0/blocks_0/attn/qkv/kernel"]
 
 
+def test_weight_decay_mask_is_the_same_in_every_layout_and_nesting():
+  """The official names decayed do not depend on scan_blocks or on a ``backbone/`` prefix;
+  the old rank rule decayed the stacked (2-D) norm scales."""
+  per_block = opt_lib.decayed_official_names(tiny_params(depths=(2, 4), ape=True))
+  scanned_params = tiny_params(depths=(2, 4), ape=True, scan_blocks=True)
+  assert opt_lib.decayed_official_names(scanned_params) == per_block
+  nested = {"backbone": scanned_params, "head": {"kernel": jnp.ones((4, 3)),
+                                                 "bias": jnp.ones((3,))}}
+  assert opt_lib.decayed_official_names(nested) == (
+      {f"backbone.{name}" for name in per_block} | {"head.weight"})
+  assert "layers.1.blocks.3.norm1.weight" not in per_block
+  mask = flat(opt_lib.weight_decay_mask(scanned_params))
+  assert mask["layers_1/block_pairs/block1/mlp/fc1/kernel"] is True
+  assert mask["layers_1/block_pairs/block1/norm1/scale"] is False
+
+
+def test_weight_decay_mask_reads_the_rule_from_the_config():
+  params = tiny_params(scan_blocks=True)
+  config = make_config(no_decay_1d_and_bias=False, no_decay_keywords=("norm",))
+  mask = flat(opt_lib.weight_decay_mask(params, config.optimizer))
+  assert mask["layers_0/block_pairs/block0/attn/qkv/bias"] is True
+  assert mask["layers_0/block_pairs/block0/attn/relative_position_bias_table"] is True
+  assert mask["layers_0/block_pairs/block0/norm2/scale"] is False
+  assert mask["layers_0/downsample/norm/bias"] is False
+  assert mask["head/bias"] is True
+
+
+def test_a_rule_that_splits_a_stacked_leaf_is_an_error():
+  params = tiny_params(depths=(2, 4), scan_blocks=True)
+  rule = opt_lib.DecayRule(no_decay_keywords=("layers.1.blocks.2.",))
+  with pytest.raises(ValueError, match="differs between the blocks stacked in "
+                     "layers_1/block_pairs/block0/attn/proj/kernel"):
+    opt_lib.weight_decay_mask(params, rule)
+  # Per block the same rule is fine.
+  assert "layers.1.blocks.2.mlp.fc1.weight" not in opt_lib.decayed_official_names(
+      tiny_params(depths=(2, 4)), rule)
+  with pytest.raises(TypeError, match="sequence of strings"):
+    opt_lib.DecayRule(no_decay_keywords="norm")
+
+
 def test_layer_ids_follow_official_simmim_rules():
   ids = {k: opt_lib.layer_id(k.split("/"), (2, 2)) for k in flat(tiny_params(ape=True))}
   assert ids["patch_embed/proj/kernel"] == ids["patch_embed/norm/scale"] == 0
@@ -146,13 +187,30 @@ def test_layer_ids_follow_official_simmim_rules():
 
 def test_layer_decay_scales():
   params = tiny_params()
-  scales = flat(opt_lib.layer_decay_scales(params, (2, 2), 0.5))
+  scales = flat(opt_lib.layer_decay_scales(params, 0.5))
   assert scales["patch_embed/proj/kernel"] == 0.5**5
   assert scales["layers_1/blocks_1/mlp/fc2/bias"] == 0.5
   assert scales["head/kernel"] == 1.0
-  assert set(flat(opt_lib.layer_decay_scales(params, (2, 2), 1.0)).values()) == {1.0}
+  assert set(flat(opt_lib.layer_decay_scales(params, 1.0)).values()) == {1.0}
   with pytest.raises(ValueError, match="block 1 of stage 1 but depths"):
-    opt_lib.layer_decay_scales(params, (2, 1), 0.5)
+    opt_lib.layer_id(("layers_1", "blocks_1", "mlp", "fc2", "bias"), (2, 1))
+  with pytest.raises(ValueError, match="needs the params of a Swin backbone"):
+    opt_lib.layer_decay_scales({"dense": {"kernel": jnp.ones((2, 2))}}, 0.5)
+
+
+def test_layer_decay_scales_along_the_stacked_axis():
+  """Scanned stage of 4 blocks: block0 stacks blocks 0, 2 and block1 blocks 1, 3."""
+  params = tiny_params(depths=(2, 4), scan_blocks=True)
+  scales = flat(opt_lib.layer_decay_scales(params, 0.5))
+  top = 2 + 4 + 1
+  qkv = "layers_1/block_pairs/block{}/attn/qkv/kernel"
+  assert scales[qkv.format(0)].shape == (2, 1, 1)
+  np.testing.assert_array_equal(scales[qkv.format(0)].ravel(), [0.5**(top - 3), 0.5**(top - 5)])
+  np.testing.assert_array_equal(scales[qkv.format(1)].ravel(), [0.5**(top - 4), 0.5**(top - 6)])
+  table = scales["layers_0/block_pairs/block1/attn/relative_position_bias_table"]
+  assert table.shape == (1, 1, 1) and table.item() == 0.5**(top - 2)
+  assert scales["layers_0/downsample/reduction/kernel"] == 0.5**(top - 2)
+  assert scales["patch_embed/proj/kernel"] == 0.5**top and scales["head/kernel"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,23 +291,73 @@ def test_one_adamw_update_matches_torch():
 
 
 def test_layer_decay_scales_each_update():
+  # Depths (2, 2) are read from the tree: its highest block index per stage.
   names = ("patch_embed/proj/kernel", "layers_0/blocks_1/mlp/fc1/kernel",
            "layers_0/downsample/reduction/kernel", "layers_1/blocks_0/attn/qkv/bias",
-           "norm/scale", "head/kernel")
+           "layers_1/blocks_1/mlp/fc2/kernel", "norm/scale", "head/kernel")
   params = flax.traverse_util.unflatten_dict({k: jnp.full((2, 2), 0.5) for k in names},
                                              sep="/")
   grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.1, p.dtype), params)
-  overrides = dict(depths=(2, 2), num_heads=(2, 4))
   plain = make_config(warmup_epochs=0.0)
-  plain.model.overrides = overrides
   decayed = make_config(warmup_epochs=0.0, layer_decay=0.5)
-  decayed.model.overrides = overrides
 
   def one_update(config):
     tx, _ = opt_lib.make_optimizer(config, total_steps=10, steps_per_epoch=5)
     return tx.update(grads, tx.init(params), params)[0]
 
   u1, u2 = flat(one_update(plain)), flat(one_update(decayed))
-  expected = dict(zip(names, (0.5**5, 0.5**3, 0.5**3, 0.5**2, 1.0, 1.0)))
+  expected = dict(zip(names, (0.5**5, 0.5**3, 0.5**3, 0.5**2, 0.5, 1.0, 1.0)))
   for name, scale in expected.items():
     np.testing.assert_allclose(u2[name], u1[name] * scale, rtol=1e-6)
+
+
+def random_tree(tree, seed):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), tree)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["root", "nested"])
+def test_scanned_layer_decay_update_is_the_per_block_update_restacked(nested):
+  """Same params and grads in both layouts, layer decay 0.8: per-block ids along the
+  stacked axis, and (nested) the task head outside the backbone at the top id."""
+  depths = (2, 4)
+  if nested:
+    from nested_models import tiny_nested_model
+    depths = (2, 4, 2)
+    models = [tiny_nested_model(depths=depths, num_heads=(1, 2, 4), scan_blocks=scan)
+              for scan in (False, True)]
+    root, size = ("backbone",), 64
+  else:
+    models = [SwinTransformer(**{**TINY, "depths": depths, "scan_blocks": scan})
+              for scan in (False, True)]
+    root, size = (), 32
+  images = jnp.zeros((1, size, size, 3))
+  params = random_tree(jax.eval_shape(models[0].init, jax.random.key(0), images)["params"], 0)
+  grads = random_tree(params, 1)
+  restack = lambda tree: scan_layout.stack_blocks_at(tree, root, depths)
+  scanned_shapes = jax.eval_shape(models[1].init, jax.random.key(0), images)["params"]
+  assert (jax.tree.map(lambda x: x.shape, restack(params))
+          == jax.tree.map(lambda x: x.shape, scanned_shapes))
+
+  def one_update(layer_decay, params, grads):
+    config = make_config(warmup_epochs=0.0, weight_decay=0.05, layer_decay=layer_decay)
+    tx, _ = opt_lib.make_optimizer(config, total_steps=10, steps_per_epoch=5)
+    # Compiled once: op-by-op dispatch over ~100 leaves of distinct shapes is slow.
+    return jax.jit(lambda p, g: tx.update(g, tx.init(p), p)[0])(params, grads)
+
+  per_block = one_update(0.8, params, grads)
+  scanned = one_update(0.8, restack(params), restack(grads))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12),
+               scanned, restack(per_block))
+  # And the per-block update carries the official SimMIM scales.
+  plain = flat(one_update(1.0, params, grads))
+  per_block = flat(per_block)
+  prefix = "/".join(root + ("",)) if root else ""
+  top = sum(depths) + 1
+  expected = {"patch_embed/proj/kernel": 0.8**top,
+              "layers_1/blocks_3/attn/qkv/kernel": 0.8**(top - (2 + 3 + 1)),
+              "layers_1/blocks_0/norm1/scale": 0.8**(top - 3),
+              "layers_0/downsample/reduction/kernel": 0.8**(top - 2)}
+  for name, scale in expected.items():
+    np.testing.assert_allclose(per_block[prefix + name], plain[prefix + name] * scale, rtol=1e-6)
+  np.testing.assert_allclose(per_block["head/kernel"], plain["head/kernel"], rtol=1e-6)

@@ -10,13 +10,20 @@ Pieces, each matching the official code (``microsoft/Swin-Transformer``: ``main.
 - learning rates are given per ``reference_batch_size`` images and scaled linearly;
 - linear warmup, then timm's ``CosineLRScheduler`` (``warmup_prefix=True``,
   ``cycle_limit=1``) evaluated per optimizer update;
-- global-norm clipping, then AdamW whose decoupled weight decay skips 1-D params, biases,
-  position tables and the V2 ``cpb_mlp``/``logit_scale``;
+- global-norm clipping, then AdamW whose decoupled weight decay skips, by official param
+  name (``config.optimizer.no_decay_1d_and_bias`` / ``no_decay_keywords``), 1-D params,
+  biases, position tables and the V2 ``cpb_mlp``/``logit_scale``;
 - optional layer-wise lr decay (SimMIM fine-tuning) and gradient accumulation.
+
+The decay and layer-decay rules work on the official names of the params
+(``param_names``), so they give the same answer for the per-block and the scanned
+(``scan_blocks=True``) layouts, and for a backbone nested in a task model
+(``backbone/...``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from typing import Any, Callable, Sequence
@@ -29,31 +36,19 @@ import ml_collections
 import numpy as np
 import optax
 
+from swin_jax.train import param_names
+
 PyTree = Any
 
 # Params named in the official ``no_weight_decay()`` / ``no_weight_decay_keywords()`` of
 # V1 (absolute_pos_embed, relative_position_bias_table) and V2 (+ cpb_mlp, logit_scale),
-# plus SimMIM's mask_token. Matched as substrings of any path component, like the
+# plus SimMIM's mask_token: the default of ``config.optimizer.no_decay_keywords``, which is
+# the source of truth. Matched as substrings of the official dotted name, like the
 # official ``check_keywords_in_name``.
 NO_DECAY_KEYWORDS = ("absolute_pos_embed", "relative_position_bias_table", "cpb_mlp",
                      "logit_scale", "mask_token")
 
 SCHEDULES = ("cosine", "linear", "constant")
-
-
-def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
-  """A ``tree_flatten_with_path`` key path -> its component names as strings."""
-  names = []
-  for entry in path:
-    if isinstance(entry, jax.tree_util.DictKey):
-      names.append(str(entry.key))
-    elif isinstance(entry, jax.tree_util.GetAttrKey):
-      names.append(entry.name)
-    elif isinstance(entry, jax.tree_util.SequenceKey):
-      names.append(str(entry.idx))
-    else:
-      names.append(str(entry))
-  return tuple(names)
 
 
 # ----------------------------------------------------------------------------------------
@@ -125,37 +120,96 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
 
 
 # ----------------------------------------------------------------------------------------
-# Weight decay and layer-wise lr decay.
+# Weight decay, decided per official param name.
 
 
-def _decays(names: tuple[str, ...], ndim: int) -> bool:
-  if ndim <= 1 or (names and names[-1].endswith("bias")):
-    return False
-  return not any(key in name for name in names for key in NO_DECAY_KEYWORDS)
+@dataclasses.dataclass(frozen=True)
+class DecayRule:
+  """Which params AdamW's decoupled weight decay skips, by official (PyTorch) name.
 
-
-def weight_decay_mask(params: PyTree) -> PyTree:
-  """Same-structure tree of bools, True where AdamW's decoupled weight decay applies.
-
-  False for params with ``ndim <= 1`` (LayerNorm, biases, q_bias/v_bias), names ending in
-  ``bias``, and anything under ``NO_DECAY_KEYWORDS`` (the official no-decay lists). Works
-  on arrays or ``jax.ShapeDtypeStruct`` leaves.
+  ``no_decay_1d_and_bias``: skip params whose official tensor is 1-D or whose name ends in
+  ``.bias`` (the classification code's ``set_weight_decay``). ``no_decay_keywords``: skip
+  names containing any of these substrings (its ``no_weight_decay[_keywords]()``; the whole
+  rule of the mmseg/mmdet forks, which decay biases and BN weights).
   """
-  return jax.tree_util.tree_map_with_path(
-      lambda path, x: _decays(_path_names(path), len(x.shape)), params)
+  no_decay_1d_and_bias: bool = True
+  no_decay_keywords: tuple[str, ...] = NO_DECAY_KEYWORDS
 
+  def __post_init__(self):
+    # A bare string would match its characters one by one.
+    if isinstance(self.no_decay_keywords, str):
+      raise TypeError(f"no_decay_keywords must be a sequence of strings, got the string "
+                      f"{self.no_decay_keywords!r}")
+    object.__setattr__(self, "no_decay_keywords", tuple(self.no_decay_keywords))
+
+  @classmethod
+  def from_config(cls, opt_cfg: ml_collections.ConfigDict | None) -> DecayRule:
+    """The rule of ``config.optimizer`` (the defaults where a field is missing)."""
+    if opt_cfg is None:
+      return cls()
+    return cls(bool(opt_cfg.get("no_decay_1d_and_bias", True)),
+               tuple(opt_cfg.get("no_decay_keywords", NO_DECAY_KEYWORDS)))
+
+  def decays(self, official_name: str, official_ndim: int) -> bool:
+    if self.no_decay_1d_and_bias and (official_ndim == 1 or official_name.endswith(".bias")):
+      return False
+    return not any(keyword in official_name for keyword in self.no_decay_keywords)
+
+
+def _as_rule(rule: DecayRule | ml_collections.ConfigDict | None) -> DecayRule:
+  return rule if isinstance(rule, DecayRule) else DecayRule.from_config(rule)
+
+
+def _leaf_decays(info: param_names.ParamNames, rule: DecayRule) -> bool:
+  decisions = {name: rule.decays(name, info.official_ndim) for name in info.official}
+  if len(set(decisions.values())) > 1:
+    decayed = sorted(name for name, decays in decisions.items() if decays)
+    kept = sorted(name for name, decays in decisions.items() if not decays)
+    raise ValueError(
+        f"weight decay differs between the blocks stacked in {'/'.join(info.path)}: "
+        f"{decayed} decay, {kept} do not. A scanned stage holds one tensor for all its "
+        f"blocks; change no_decay_keywords or train with scan_blocks=False")
+  return next(iter(decisions.values()))
+
+
+def weight_decay_mask(params: PyTree,
+                      rule: DecayRule | ml_collections.ConfigDict | None = None) -> PyTree:
+  """Same-structure tree of Python bools, True where AdamW's decoupled weight decay applies.
+
+  ``rule``: a ``DecayRule``, a ``config.optimizer`` or None (the classification rule). Each
+  leaf is judged by its official name(s) and official rank, so the answer does not depend
+  on ``scan_blocks`` or on where the backbone sits in the tree. Leaves may be arrays,
+  tracers or ``jax.ShapeDtypeStruct``.
+  """
+  rule = _as_rule(rule)
+  return jax.tree.map(lambda info: _leaf_decays(info, rule), param_names.describe_tree(params),
+                      is_leaf=lambda x: isinstance(x, param_names.ParamNames))
+
+
+def decayed_official_names(params: PyTree,
+                           rule: DecayRule | ml_collections.ConfigDict | None = None
+                           ) -> set[str]:
+  """The official names (stacked leaves expanded per block) that ``rule`` decays."""
+  rule = _as_rule(rule)
+  infos = jax.tree.leaves(param_names.describe_tree(params),
+                          is_leaf=lambda x: isinstance(x, param_names.ParamNames))
+  return {name for info in infos if _leaf_decays(info, rule) for name in info.official}
+
+
+# ----------------------------------------------------------------------------------------
+# Layer-wise lr decay.
 
 _STAGE = re.compile(r"layers_(\d+)")
 _BLOCK = re.compile(r"blocks_(\d+)")
 
 
 def layer_id(names: Sequence[str], depths: Sequence[int]) -> int:
-  """The official SimMIM ``get_swin_layer`` id of the param at path ``names``.
+  """The official SimMIM ``get_swin_layer`` id of the param at per-block path ``names``.
 
   ``patch_embed``/``mask_token``: 0; ``layers_i/blocks_j``: ``sum(depths[:i]) + j + 1``;
   ``layers_i/downsample``: ``sum(depths[:i + 1])`` (the id of stage i's last block);
   everything else (final ``norm``, ``head``, and, as in the official code,
-  ``absolute_pos_embed``): ``sum(depths) + 1``.
+  ``absolute_pos_embed``): ``sum(depths) + 1``. ``names`` is relative to the backbone.
   """
   names = tuple(names)
   for k, name in enumerate(names):
@@ -183,29 +237,55 @@ def layer_id(names: Sequence[str], depths: Sequence[int]) -> int:
   return sum(depths) + 1
 
 
-def layer_decay_scales(params: PyTree, depths: Sequence[int], decay: float) -> PyTree:
-  """Same-structure tree of Python floats: ``decay ** (sum(depths) + 1 - layer_id)``.
-
-  The head and final norm get 1; the patch embedding gets ``decay ** (sum(depths) + 1)``.
-  ``decay == 1`` gives all ones.
-  """
+def _leaf_scale(info: param_names.ParamNames,
+                backbones: dict[param_names.Path, tuple[int, ...]],
+                decay: float) -> float | np.ndarray:
+  # The backbone holding the param; none: a task head, which sits at the top id (scale 1).
+  holders = [path for path in backbones if info.path[:len(path)] == path]
+  if not holders:
+    return 1.0
+  root = max(holders, key=len)
+  depths = backbones[root]
   top = sum(depths) + 1
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: float(decay ** (top - layer_id(_path_names(path), depths))), params)
+  scales = [float(decay ** (top - layer_id(path[len(root):], depths)))
+            for path in info.block_paths]
+  if not info.stacked:
+    return scales[0]
+  # One scale per stacked block, broadcast along the leaf's other axes.
+  return np.asarray(scales, np.float32).reshape((-1,) + (1,) * info.official_ndim)
 
 
-def scale_by_layer_decay(depths: Sequence[int], decay: float) -> optax.GradientTransformation:
+def layer_decay_scales(params: PyTree, decay: float) -> PyTree:
+  """Same-structure tree of ``decay ** (sum(depths) + 1 - layer_id)`` per param.
+
+  Per-block leaves get a Python float; a scanned leaf ``(n, ...)`` an ``(n, 1, ..., 1)``
+  float32 array, block ``2m + k``'s scale at ``[m]``. Ids and depths are those of the
+  Swin backbone holding the param (found by structure: root or nested, any layout); the
+  head and final norm get 1, the patch embedding ``decay ** (sum(depths) + 1)``, and params
+  outside every backbone (task heads) 1. ``decay == 1`` gives all ones.
+  """
+  infos = param_names.describe_tree(params)
+  is_info = lambda x: isinstance(x, param_names.ParamNames)
+  if decay == 1:
+    return jax.tree.map(lambda _: 1.0, infos, is_leaf=is_info)
+  backbones = param_names.find_backbone_params(params)
+  if not backbones:
+    raise ValueError("layer decay needs the params of a Swin backbone (a subtree holding "
+                     "patch_embed and layers_0); found none")
+  return jax.tree.map(lambda info: _leaf_scale(info, backbones, decay), infos, is_leaf=is_info)
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
   """Multiplies each update by its ``layer_decay_scales`` factor (stateless).
 
   Placed after AdamW it scales that param's lr, decoupled weight decay included, which is
   what the official per-group ``lr = base_lr * scale`` does.
   """
-  depths = tuple(int(d) for d in depths)
 
   def update_fn(updates, state, params=None):
     del params
-    # Paths are static, so the scales are Python floats folded in at trace time.
-    scales = layer_decay_scales(updates, depths, decay)
+    # Paths and shapes are static, so the scales are constants folded in at trace time.
+    scales = layer_decay_scales(updates, decay)
     return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
@@ -213,13 +293,6 @@ def scale_by_layer_decay(depths: Sequence[int], decay: float) -> optax.GradientT
 
 # ----------------------------------------------------------------------------------------
 # The optimizer.
-
-
-def _model_depths(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  from swin_jax.models import registry  # Local: keeps this module free of model imports.
-  overrides = config.model.overrides
-  overrides = overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides)
-  return tuple(registry.model_config(config.model.name, **overrides)["depths"])
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
@@ -247,10 +320,12 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   parts = []
   if opt.clip_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(opt.clip_grad_norm))
+  rule = DecayRule.from_config(opt)
   parts.append(optax.adamw(inner, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay, mask=weight_decay_mask))
+                           weight_decay=opt.weight_decay,
+                           mask=lambda params: weight_decay_mask(params, rule)))
   if opt.layer_decay < 1:
-    parts.append(scale_by_layer_decay(_model_depths(config), opt.layer_decay))
+    parts.append(scale_by_layer_decay(opt.layer_decay))
   tx = optax.chain(*parts)
   if k == 1:
     return tx, inner

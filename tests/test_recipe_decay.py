@@ -1,0 +1,242 @@
+"""Weight decay of every shipped recipe, by official param name, against the official rule.
+
+Each recipe's real model is built in the layout it trains (``scan_blocks=True``), one
+``make_optimizer`` update with zero gradients is taken on ones-valued params, and the params
+whose update is non-zero (only decoupled weight decay moves them) are mapped back to
+official names. The expected set comes from timm's PyTorch model of the same variant and
+the official ``set_weight_decay`` rule, written here independently of swin_jax's code.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import importlib.util
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nested_models import tiny_nested_model
+from swin_jax import tasks
+from swin_jax.convert.keys import path_to_torch_key
+from swin_jax.models.scan_layout import per_block_paths
+from swin_jax.train import config as config_lib
+from swin_jax.train import optimizer as opt_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py"))
+
+# timm constructor arguments a recipe may override (the rest do not change param names).
+TIMM_FIELDS = ("img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size",
+               "num_classes")
+
+
+def load_config(path):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+# ---------------------------------------------------------------------------------------
+# The oracle: timm model, official names, official rule.
+
+
+def official_decays(name: str, shape: tuple[int, ...], version: int) -> bool:
+  """microsoft/Swin-Transformer ``optimizer.py:set_weight_decay`` with the model's
+  ``no_weight_decay()`` / ``no_weight_decay_keywords()``."""
+  skip_list = {"absolute_pos_embed"}
+  skip_keywords = ({"relative_position_bias_table"} if version == 1 else
+                   {"cpb_mlp", "logit_scale", "relative_position_bias_table"})
+  no_decay = (len(shape) == 1 or name.endswith(".bias") or name in skip_list
+              or any(keyword in name for keyword in skip_keywords))
+  return not no_decay
+
+
+def official_params(config) -> tuple[dict[str, tuple[int, ...]], int]:
+  """``({official name: shape}, version)`` of the recipe's model, built by timm (meta)."""
+  import torch
+  import timm
+  from torch_oracle import timm_to_official
+  name = config.model.name
+  overrides = dict(config.model.overrides)
+  # Unset override fields are None ("the model's own value").
+  kwargs = {k: overrides[k] for k in TIMM_FIELDS if overrides.get(k) is not None}
+  with torch.device("meta"):
+    model = timm.create_model(name, pretrained=False, **kwargs)
+  shapes = {k: tuple(p.shape) for k, p in model.named_parameters()}
+  version = 2 if name.startswith("swinv2") else 1
+  return timm_to_official(shapes), version
+
+
+def official_decayed_set(config) -> tuple[set[str], set[str]]:
+  """``(all official names, the ones the official rule decays)``."""
+  shapes, version = official_params(config)
+  return set(shapes), {n for n, s in shapes.items() if official_decays(n, s, version)}
+
+
+# ---------------------------------------------------------------------------------------
+# The JAX side.
+
+
+def abstract_params(config):
+  """The params the training loop builds for ``config`` (its task's model), abstract."""
+  task = tasks.get_task(config)
+  model = task.build_model()
+  variables = jax.eval_shape(lambda: task.init_variables(model, jax.random.key(0)))
+  return tasks.base.split_variables(variables)[0]
+
+
+def by_official_name(tree, per_block_value) -> dict[str, object]:
+  """``{official name: per_block_value(flax_path, leaf, m)}``, ``m`` the block's index
+  along a stacked leaf's axis 0 (None for an unstacked leaf)."""
+  out = {}
+  for path, leaf in flax.traverse_util.flatten_dict(tree).items():
+    blocks = per_block_paths(path, leaf.shape[0] if leaf.shape else None)
+    stacked = blocks != [tuple(path)]
+    for m, block_path in enumerate(blocks):
+      out[path_to_torch_key(block_path)] = per_block_value(path, leaf, m if stacked else None)
+  return out
+
+
+def decayed_by_one_update(config, params) -> set[str]:
+  """Official names whose update is non-zero after one zero-gradient update."""
+  tx, _ = opt_lib.make_optimizer(config, total_steps=10, steps_per_epoch=1)
+
+  @jax.jit
+  def moved(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    # Per block: any non-zero entry along the leaf's other axes.
+    return jax.tree.map(lambda u: jnp.any(u != 0, axis=tuple(range(1, u.ndim)))
+                        if u.ndim else u != 0, updates)
+
+  flags = jax.device_get(moved(params))
+  values = by_official_name(flags, lambda _, leaf, m: bool(np.any(leaf) if m is None
+                                                           else leaf[m]))
+  return {name for name, decayed in values.items() if decayed}
+
+
+@functools.lru_cache(maxsize=None)
+def recipe(path: str):
+  """``(config, abstract params, official names, officially decayed names)``, built once
+  for both tests of a recipe."""
+  config = load_config(path)
+  config_lib.validate_config(config)
+  return (config, abstract_params(config)) + official_decayed_set(config)
+
+
+def ones_like_abstract(abstract):
+  # One compiled call, not one dispatch per leaf.
+  return jax.jit(lambda: jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), abstract))()
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
+def test_recipe_decays_exactly_the_official_params(path):
+  config, abstract, names, expected = recipe(path)
+  ours = set(by_official_name(abstract, lambda *_: None))
+  assert ours == names, sorted(ours ^ names)
+  # Ones everywhere: decoupled decay moves a param by lr * wd, the zero gradient by 0.
+  params = ones_like_abstract(abstract)
+  decayed = decayed_by_one_update(config, params)
+  assert decayed == expected, (f"wrongly decayed: {sorted(decayed - expected)}; "
+                               f"wrongly not decayed: {sorted(expected - decayed)}")
+  # The public helper agrees with what the optimizer does.
+  assert opt_lib.decayed_official_names(abstract, config.optimizer) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# The rule before issue 10: by Flax rank and path components. Scanned norm scales are 2-D.
+
+OLD_NO_DECAY_KEYWORDS = ("absolute_pos_embed", "relative_position_bias_table", "cpb_mlp",
+                         "logit_scale", "mask_token")
+
+
+def old_rule_decays(path: tuple[str, ...], flax_ndim: int) -> bool:
+  if flax_ndim <= 1 or path[-1].endswith("bias"):
+    return False
+  return not any(key in name for name in path for key in OLD_NO_DECAY_KEYWORDS)
+
+
+# Official names the old rule decayed that the official code does not (every stacked
+# norm1/norm2 weight: V1's LayerNorms and V2's zero-initialised post-norm gains). Measured.
+OLD_RULE_WRONGLY_DECAYED = {
+    "swin_t_1k.py": 24, "swin_s_1k.py": 48, "swin_b_1k.py": 48, "swin_b_22k.py": 48,
+    "swin_l_22k.py": 48, "swin_b_22kto1k.py": 48, "swin_b_384_ft.py": 48,
+    "swinv2_t_1k.py": 24, "swinv2_b_22k.py": 48, "swinv2_b_22kto1k_256.py": 48,
+    "demo.py": 0,   # per-block layout: the old rule was right there
+}
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
+def test_old_rank_rule_decayed_stacked_norms(path):
+  """Documents the bug: the old rule fails the test above on every scanned recipe."""
+  _, abstract, _, expected = recipe(path)
+  old = by_official_name(abstract, lambda p, leaf, _: old_rule_decays(p, len(leaf.shape)))
+  old = {name for name, decays in old.items() if decays}
+  wrong = old - expected
+  assert not expected - old
+  assert all(name.endswith((".norm1.weight", ".norm2.weight")) for name in wrong), sorted(wrong)
+  assert len(wrong) == OLD_RULE_WRONGLY_DECAYED[os.path.basename(path)]
+
+
+# ---------------------------------------------------------------------------------------
+# The mmseg / mmdet rule on a nested backbone.
+
+# configs/_base_ of Swin's mmseg/mmdet forks: optimizer paramwise_cfg.
+MMSEG_CUSTOM_KEYS = {"absolute_pos_embed": dict(decay_mult=0.0),
+                     "relative_position_bias_table": dict(decay_mult=0.0),
+                     "norm": dict(decay_mult=0.0)}
+
+
+def mmcv_weight_decay(name: str, base_wd: float, custom_keys: dict) -> float:
+  """mmcv ``DefaultOptimizerConstructor.add_params`` for one param: the longest custom key
+  (ties: alphabetical) that is a substring of the full name sets ``decay_mult``; no key:
+  the base decay (bias/norm multipliers are unset in Swin's configs)."""
+  for key in sorted(sorted(custom_keys), key=len, reverse=True):
+    if key in name:
+      return base_wd * custom_keys[key].get("decay_mult", 1.0)
+  return base_wd
+
+
+def test_mmseg_rule_on_a_nested_scanned_backbone():
+  config = config_lib.base_config()
+  config.optimizer.update(dict(no_decay_1d_and_bias=False, weight_decay=0.05,
+                               no_decay_keywords=("norm", "absolute_pos_embed",
+                                                  "relative_position_bias_table")))
+  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+
+  def shapes(model):
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)["params"]
+
+  # A decode head's BatchNorm (mmseg ConvModule ``bn``) next to the model's own head.
+  bn = {"bn": {"scale": jax.ShapeDtypeStruct((16,), jnp.float32),
+               "bias": jax.ShapeDtypeStruct((16,), jnp.float32)}}
+  scanned = dict(shapes(tiny_nested_model(scan_blocks=True)), decode_head=bn)
+  assert "block_pairs" in scanned["backbone"]["layers_0"]
+  # Official names from the per-block layout, through the converter's key map only.
+  per_block = dict(shapes(tiny_nested_model(scan_blocks=False)), decode_head=bn)
+  names = {path_to_torch_key(p) for p in flax.traverse_util.flatten_dict(per_block)}
+  expected = {n for n in names if mmcv_weight_decay(n, 0.05, MMSEG_CUSTOM_KEYS) != 0}
+
+  params = ones_like_abstract(scanned)
+  decayed = decayed_by_one_update(config, params)
+  assert decayed == expected, sorted(decayed ^ expected)
+  assert opt_lib.decayed_official_names(scanned, config.optimizer) == expected
+  for name in ("backbone.layers.0.blocks.1.attn.qkv.bias", "backbone.patch_embed.proj.bias",
+               "head.bias", "head.weight", "decode_head.bn.weight", "decode_head.bn.bias"):
+    assert name in decayed, name
+  for name in ("backbone.layers.0.blocks.1.norm1.weight", "backbone.norm0.weight",
+               "backbone.layers.0.downsample.norm.bias",
+               "backbone.layers.1.blocks.0.attn.relative_position_bias_table"):
+    assert name not in decayed, name
+  # The classification rule on the same tree: biases and 1-D params stop decaying.
+  classification = opt_lib.decayed_official_names(scanned, config_lib.base_config().optimizer)
+  assert classification == {n for n in expected if not n.endswith(".bias")
+                            and n != "decode_head.bn.weight"}
