@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 import swin_jax
 from torch_oracle import timm_to_official
-from swin_jax.convert import (CheckpointMismatchError, export_torch_state_dict,
+from swin_jax.convert import (CheckpointMismatchError, export_torch_state_dict, head_map,
                               load_torch_checkpoint, map_22k_to_1k, resize_bias_table)
 from swin_jax.models import SwinTransformer
 
@@ -34,7 +35,9 @@ from swin_jax.models import SwinTransformer
 # timm with strict_img_size=True builds the same buffers as the official code.
 TINY = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(1, 2, 4),
             window_size=4, num_classes=10)
-SHARED_MAP = "/work/shared/data/map22kto1k.txt"
+# An independent copy of the official map, the oracle for the packaged one (tests/data/README.md).
+OFFICIAL_MAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                            "official_map22kto1k.txt")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -239,13 +242,83 @@ def test_window7_checkpoint_into_window12_model(window7_timm, img_size):
 
 
 def test_shipped_22k_to_1k_map_is_the_official_one():
-  with open(SHARED_MAP) as f:
+  with open(OFFICIAL_MAP) as f:
     official = [int(line) for line in f.read().split()]
   assert len(official) == 1000 and official[:3] == [359, 368, 460]
   shipped_file = swin_jax.__path__[0] + "/data/map22kto1k.txt"
   with open(shipped_file) as f:
     assert [int(line) for line in f.read().split()] == official
   np.testing.assert_array_equal(map_22k_to_1k(), official)
+
+
+def _lines(name: str) -> list[str]:
+  with open(os.path.join(swin_jax.__path__[0], "data", name)) as f:
+    return f.read().split()
+
+
+def test_fall11_map_is_by_synset_and_deviates_from_the_official_one_as_documented():
+  official = np.loadtxt(OFFICIAL_MAP, dtype=np.int64)
+  fall11 = map_22k_to_1k("fall11")
+  np.testing.assert_array_equal(map_22k_to_1k("official"), official)
+  fall11_synsets, synsets_1k = _lines("imagenet22k_synsets.txt"), _lines("imagenet_synsets.txt")
+  assert len(fall11_synsets) == 21841 and fall11_synsets == sorted(fall11_synsets)
+  # Every 1K class but teddy bear is a fall11 synset, at the row the map gives.
+  assert synsets_1k[850] == "n04399382" and "n04399382" not in fall11_synsets
+  assert head_map.missing_1k_classes("fall11") == [850]
+  assert head_map.missing_1k_classes("official") == []
+  assert fall11[850] == head_map.NO_ROW and official[850] == 5564
+  for i, row in enumerate(fall11):
+    if i != 850:
+      assert fall11_synsets[row] == synsets_1k[i], i
+  # The official head order (head_map.py): the first 718 classes at their sorted
+  # position, one higher from class 718 (pier), two higher from class 982.
+  assert synsets_1k[718] == "n03933933"
+  np.testing.assert_array_equal(official[:718], fall11[:718])
+  later = np.array([i for i in range(718, 982) if i != 850])
+  np.testing.assert_array_equal(official[later], fall11[later] + 1)
+  np.testing.assert_array_equal(official[982:], fall11[982:] + 2)
+
+
+def test_unknown_label_space_is_refused(model, official_sd):
+  with pytest.raises(ValueError, match="label_space"):
+    map_22k_to_1k("imagenet21k")
+  with pytest.raises(ValueError, match="label_space"):
+    load_torch_checkpoint(official_sd, model, label_space="sorted")
+
+
+@pytest.fixture(scope="module")
+def sd_22k():
+  return timm_to_official(_random_state_dict(_timm_model(num_classes=21841), seed=2))
+
+
+@pytest.mark.parametrize("given_fallback", [False, True])
+def test_22k_head_in_the_fall11_label_space(sd_22k, given_fallback, caplog):
+  w22k, b22k = sd_22k["head.weight"].numpy(), sd_22k["head.bias"].numpy()
+  fall11_synsets, synsets_1k = _lines("imagenet22k_synsets.txt"), _lines("imagenet_synsets.txt")
+  model_1k = SwinTransformer(**{**TINY, "num_classes": 1000})
+  fallback = None
+  if given_fallback:
+    fallback = _nest({path: np.full(v.shape, 3.0, np.float32) for path, v in
+                      swin_jax.convert.abstract_params(model_1k).items()})
+  with caplog.at_level(logging.WARNING):
+    params = load_torch_checkpoint(sd_22k, model_1k, fallback_params=fallback,
+                                   label_space="fall11")
+  kernel, bias = params["head"]["kernel"], params["head"]["bias"]
+  for i in (0, 500, 717, 718, 849, 851, 981, 982, 999):
+    row = fall11_synsets.index(synsets_1k[i])
+    np.testing.assert_array_equal(kernel[:, i], w22k[row], err_msg=str(i))
+    assert bias[i] == b22k[row], i
+  # Teddy bear keeps the model's own values: the fallback, or the official fresh init.
+  if given_fallback:
+    np.testing.assert_array_equal(kernel[:, 850], np.full(64, 3.0, np.float32))
+    assert bias[850] == 3.0
+  else:
+    assert bias[850] == 0.0 and 0.01 < kernel[:, 850].std() < 0.03  # trunc_normal(0.02)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 2  # one per head tensor
+  assert all("850 (teddy, teddy bear)" in w and "fall11" in w for w in warnings)
+  # The rest of the model is the checkpoint's, as in the official label space.
+  np.testing.assert_array_equal(params["norm"]["scale"], sd_22k["norm.weight"].numpy())
 
 
 @pytest.mark.parametrize("layout", ["official", "timm"])
@@ -257,7 +330,7 @@ def test_22k_head_is_mapped_to_1k(layout):
   prefix = "head." if layout == "official" else "head.fc."
   w22k, b22k = sd[prefix + "weight"].numpy(), sd[prefix + "bias"].numpy()
   assert w22k.shape == (21841, 64)
-  index = np.loadtxt(SHARED_MAP, dtype=np.int64)
+  index = np.loadtxt(OFFICIAL_MAP, dtype=np.int64)
   params = load_torch_checkpoint(sd, SwinTransformer(**{**TINY, "num_classes": 1000}))
   np.testing.assert_array_equal(params["head"]["kernel"], w22k[index].T)
   np.testing.assert_array_equal(params["head"]["bias"], b22k[index])

@@ -81,8 +81,19 @@ def cli(tmp_path_factory):
   export = _start("--params", out, "--to_torch", exported)
   again = _start("--checkpoint", checkpoint, "--model", MODEL, *OVERRIDES, "--out", out)
   results.update(export=_finish(export), again=_finish(again))
+
+  # A 22K head (this project's fall11 label order) converted into a 1K model.
+  head_22k = {"head.weight": torch.randn(21841, 768, generator=gen),
+              "head.bias": torch.randn(21841, generator=gen)}
+  checkpoint_22k = str(tmp / "swin_t_22k.pth")
+  torch.save({"model": {**official_sd, **head_22k}}, checkpoint_22k)
+  out_22k = str(tmp / "converted_22k")
+  fall11 = _start("--checkpoint", checkpoint_22k, "--model", MODEL, "--img_size", "64",
+                  "--label_space", "fall11", "--out", out_22k)
+  results.update(fall11=_finish(fall11))
   return dict(results=results, checkpoint=checkpoint, out=out, exported=exported,
-              official_sd=official_sd, buffers=buffers, tmp=tmp)
+              official_sd=official_sd, buffers=buffers, tmp=tmp, head_22k=head_22k,
+              out_22k=out_22k)
 
 
 def test_converted_dir_matches_in_process_conversion(cli):
@@ -144,3 +155,20 @@ def test_unknown_model_name_lists_the_valid_names(cli):
                "swin_large_patch4_window7_224", "swin_large_patch4_window12_384"):
     assert name in stderr
   assert not os.path.exists(cli["tmp"] / "unused")
+
+
+def test_label_space_flag_maps_a_22k_head_by_fall11_synset(cli):
+  code, stdout, stderr = cli["results"]["fall11"]
+  assert code == 0, stderr[-3000:]
+  assert "850 (teddy, teddy bear)" in stderr  # the warning names the class left at init
+  model, params = load_params_dir(cli["out_22k"])
+  assert model.num_classes == 1000
+  index = swin_jax.convert.map_22k_to_1k("fall11")
+  kernel, bias = np.asarray(params["head"]["kernel"]), np.asarray(params["head"]["bias"])
+  w22k, b22k = cli["head_22k"]["head.weight"].numpy(), cli["head_22k"]["head.bias"].numpy()
+  rows = np.flatnonzero(index >= 0)
+  assert len(rows) == 999
+  np.testing.assert_array_equal(kernel[:, rows], w22k[index[rows]].T)
+  np.testing.assert_array_equal(bias[rows], b22k[index[rows]])
+  # Teddy bear (not a fall11 synset) keeps the model's fresh init: trunc_normal(0.02), 0.
+  assert bias[850] == 0 and 0.015 < kernel[:, 850].std() < 0.025

@@ -13,6 +13,7 @@ import os
 
 from absl import app, flags, logging
 
+from swin_jax import cli
 from swin_jax.convert import params_dir
 from swin_jax.convert.torch_checkpoint import export_torch_state_dict, load_torch_checkpoint
 from swin_jax.models import registry
@@ -28,6 +29,9 @@ flags.DEFINE_bool("strict", True, "Fail on any missing/unexpected/mis-shaped key
 flags.DEFINE_string("params", None, "Converted-params directory to export (with --to_torch).")
 flags.DEFINE_string("to_torch", None, "Write the params of --params as a PyTorch .pth here.")
 flags.DEFINE_enum("layout", "official", ["official", "timm"], "Key layout of --to_torch.")
+flags.DEFINE_enum("label_space", "official", ["official", "fall11"],
+                  "Label order of a 21,841-class head mapped to 1K: 'official' (official Swin "
+                  "22K checkpoints) or 'fall11' (sorted fall11: swin_jax's ImageNet-22K runs).")
 
 
 def _to_jax() -> None:
@@ -39,7 +43,8 @@ def _to_jax() -> None:
     model = registry.create_model(FLAGS.model, **overrides)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  params = load_torch_checkpoint(FLAGS.checkpoint, model, strict=FLAGS.strict)
+  params = load_torch_checkpoint(FLAGS.checkpoint, model, strict=FLAGS.strict,
+                                 label_space=FLAGS.label_space)
   out = params_dir.save_params_dir(FLAGS.out, params, FLAGS.model, overrides)
   logging.info("wrote %s (%s)", out, registry.resolve_name(FLAGS.model))
   print(f"converted {FLAGS.checkpoint} -> {out}")
@@ -70,4 +75,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, command="convert")

@@ -8,6 +8,12 @@ Numbered PyTorch containers (``layers.0``, ``cpb_mlp.2``) become Flax's list nam
 (LayerNorm). timm stores Swin V1/V2 with the PatchMerging at the *start* of the next stage
 (``layers.{i+1}.downsample``) and the classifier under ``head.fc``; the official layout, which
 our params mirror, has ``layers.{i}.downsample`` and ``head``.
+
+The path <-> key rules are generic (any Dense / Conv / LayerNorm / BatchNorm param, numbered
+containers, any nesting: ``backbone.layers.0...`` is ``('backbone', 'layers_0', ...)``), so
+task heads whose Flax names mirror their PyTorch names convert without rules of their own;
+only the timm renames above are Swin-specific, and the converter applies them under each Swin
+backbone's prefix.
 """
 
 from __future__ import annotations
@@ -63,6 +69,15 @@ def torch_key_to_path(key: str, known: set[Path] | dict) -> Path:
     scale_path = tuple(parts[:-1]) + ("scale",)
     return scale_path if scale_path in known else tuple(parts[:-1]) + ("kernel",)
   return tuple(parts)
+
+
+def module_key(path: Path) -> str:
+  """A module path's dotted PyTorch name: ``('backbone', 'layers_0') -> 'backbone.layers.0'``."""
+  parts = []
+  for part in path:
+    match = _NUMBERED.match(part)
+    parts.extend([match.group(1), match.group(2)] if match else [part])
+  return ".".join(parts)
 
 
 def path_to_torch_key(path: Path) -> str:

@@ -38,16 +38,26 @@ def save_params_dir(out_dir: str, params: Mapping[str, Any], model_name: str,
   return out_dir
 
 
-def load_params_dir(path: str) -> tuple[SwinTransformer, dict[str, Any]]:
-  """``(model, params)`` from a directory written by ``save_params_dir``."""
-  path = os.path.abspath(path)
+def _model_spec(path: str) -> dict[str, Any]:
   spec_file = os.path.join(path, MODEL_FILE)
   if not os.path.exists(spec_file):
     raise FileNotFoundError(f"{path} is not a converted-params directory (no {MODEL_FILE}); "
                             "write one with: python -m swin_jax.convert --checkpoint X.pth "
                             "--model NAME --out DIR")
   with open(spec_file) as f:
-    spec = json.load(f)
+    return json.load(f)
+
+
+def load_params_tree(path: str) -> dict[str, Any]:
+  """The params of a directory written by ``save_params_dir``, without building its model."""
+  path = os.path.abspath(path)
+  _model_spec(path)
+  return ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_SUBDIR))
+
+
+def load_params_dir(path: str) -> tuple[SwinTransformer, dict[str, Any]]:
+  """``(model, params)`` from a directory written by ``save_params_dir``."""
+  path = os.path.abspath(path)
+  spec = _model_spec(path)
   model = registry.create_model(spec["model"], **spec["overrides"])
-  params = ocp.StandardCheckpointer().restore(os.path.join(path, PARAMS_SUBDIR))
-  return model, params
+  return model, load_params_tree(path)

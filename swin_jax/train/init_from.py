@@ -3,48 +3,161 @@ checkpoint, or another swin_jax training run (e.g. 22K pretraining -> 1K fine-tu
 
 Every source goes through the PyTorch-layout converter, so the official fine-tuning
 adaptations apply uniformly: relative-position tables are resized when the window changes
-(224/W7 -> 384/W12) and a 21,841-class head is reduced to 1,000 classes with the official
-22K->1K map.
+(224/W7 -> 384/W12) and a 21,841-class head is reduced to 1,000 classes with the 22K->1K map
+of the head's label space (``label_space``; ``'auto'``: a swin_jax run on this project's
+ImageNet-22K builder is ``'fall11'``, anything else ``'official'``).
+
+Sources and targets may be classifiers (a root ``SwinTransformer``) or task models holding
+their Swin as a field (params at ``backbone/...``):
+
+* classifier -> classifier: the whole model, strictly (any mismatch is an error);
+* anything else: the Swin backbone only. A source whose Swin is nested (a task-model run, an
+  mmseg / mmdet ``.pth`` with ``backbone.`` keys) gives its backbone; the target's backbone
+  takes it, and what either side has that the other lacks (the classifier's ``norm`` /
+  ``head``, a dense backbone's ``norm0..3``, the task head) is dropped or stays at init. Shape
+  mismatches are still errors: they mean another Swin variant, not another task.
+
+``load_initial`` returns a ``LoadReport`` of what was loaded, left at init and dropped.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Any
+from typing import Any, Mapping
 
+import flax.linen as nn
 import orbax.checkpoint as ocp
 
-from swin_jax.convert import params_dir
-from swin_jax.convert.torch_checkpoint import export_torch_state_dict, load_torch_checkpoint
+from swin_jax.convert import head_map, params_dir
+from swin_jax.convert import keys as keys_lib
+from swin_jax.convert import torch_checkpoint as tc
+from swin_jax.convert.state_dict_io import StateDict, read_state_dict
 from swin_jax.models import registry
+from swin_jax.models.backbone import the_backbone
 from swin_jax.models.swin import SwinTransformer
 
 RUN_CONFIG_FILE = "config.json"
+# config.dataset.name of this project's ImageNet-22K builder (sorted fall11 labels).
+OWN_22K_DATASET = "imagenet22k"
+LABEL_SPACES = ("auto",) + head_map.LABEL_SPACES
+# Where a root Swin's keys start; a prefix before it is a nested backbone's.
+_SWIN_ANCHOR = "patch_embed.proj.weight"
 
 
-def latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
-  """Model and params of the newest complete checkpoint of a swin_jax run directory."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))  # orbax wants absolute paths
+def _abs(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))  # orbax wants absolute paths
+
+
+def _is_run_dir(path: str) -> bool:
+  return os.path.isdir(path) and os.path.exists(os.path.join(path, RUN_CONFIG_FILE))
+
+
+def _run_config(workdir: str) -> dict[str, Any]:
   with open(os.path.join(workdir, RUN_CONFIG_FILE)) as f:
-    model_cfg = json.load(f)["model"]
-  model = registry.create_model(model_cfg["name"], **model_cfg["overrides"])
+    return json.load(f)
+
+
+def _latest_run_state_params(workdir: str) -> Any:
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"run directory {workdir} has no complete checkpoint")
   state = ocp.PyTreeCheckpointer().restore(
       os.path.join(workdir, "checkpoints", str(step), "state"))
-  return model, state["params"]
+  return state["params"]
 
 
-def load_initial_params(path: str, model: SwinTransformer) -> dict[str, Any]:
-  """Params for ``model`` from ``path`` (see module docstring); numpy, nested dict."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(path) and os.path.exists(os.path.join(path, RUN_CONFIG_FILE)):
-    source_model, params = latest_run_params(path)
-  elif os.path.isdir(path):
-    source_model, params = params_dir.load_params_dir(path)
-  else:
-    return load_torch_checkpoint(path, model)
-  return load_torch_checkpoint(export_torch_state_dict(params, source_model), model)
+def latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
+  """Model and params of the newest complete checkpoint of a swin_jax run directory."""
+  workdir = _abs(workdir)
+  model_cfg = _run_config(workdir)["model"]
+  model = registry.create_model(model_cfg["name"], **model_cfg["overrides"])
+  return model, _latest_run_state_params(workdir)
+
+
+def resolve_label_space(path: str, label_space: str = "auto") -> str:
+  """``'official'`` or ``'fall11'``: ``label_space`` itself, or for ``'auto'``, ``'fall11'``
+  for a swin_jax run dir trained on this project's ImageNet-22K builder, else ``'official'``."""
+  if label_space not in LABEL_SPACES:
+    raise ValueError(f"init_from label space must be one of {LABEL_SPACES}, got {label_space!r}")
+  if label_space != "auto":
+    return label_space
+  path = _abs(path)
+  if _is_run_dir(path):
+    dataset = _run_config(path).get("dataset", {}).get("name")
+    return "fall11" if dataset == OWN_22K_DATASET else "official"
+  return "official"
+
+
+def source_state_dict(path: str) -> StateDict:
+  """The official-named state dict of a run dir, converted-params dir or checkpoint file.
+
+  swin_jax params are translated without their model (scanned stacks split per block, a
+  nested backbone keeps its ``backbone.`` prefix), so task-model runs work as well.
+  """
+  path = _abs(path)
+  if _is_run_dir(path):
+    return tc.params_to_state_dict(_latest_run_state_params(path))
+  if os.path.isdir(path):
+    return tc.params_to_state_dict(params_dir.load_params_tree(path))
+  return read_state_dict(path)
+
+
+def _swin_prefix(sd: StateDict) -> str:
+  """``''`` for a classifier's keys, ``'backbone.'`` for a task model's (by the patch embed)."""
+  prefixes = sorted(k[:-len(_SWIN_ANCHOR)] for k in sd
+                    if k.endswith(_SWIN_ANCHOR) and (k == _SWIN_ANCHOR or
+                                                     k[:-len(_SWIN_ANCHOR)].endswith(".")))
+  if len(prefixes) > 1:
+    raise ValueError(f"the checkpoint holds {len(prefixes)} Swin backbones "
+                     f"({[p.rstrip('.') or '<root>' for p in prefixes]}); expected one")
+  return prefixes[0] if prefixes else ""
+
+
+def load_initial(path: str, model: nn.Module, label_space: str = "auto",
+                 fallback_params: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], tc.LoadReport]:
+  """Params for ``model`` from ``path`` (see module docstring), and what was loaded.
+
+  Args:
+    path: a swin_jax run dir (``config.json``), a converted-params dir (``model.json``) or a
+      PyTorch checkpoint file.
+    model: a ``SwinTransformer`` or a task model holding one as a field.
+    label_space: ``'auto'``, ``'official'`` or ``'fall11'`` (``config.init_from_label_space``).
+    fallback_params: what the params not loaded keep (the run's own init, in ``model``'s
+      layout); default: a fresh init (seed 0).
+
+  Returns:
+    ``(params, report)``: the nested params (numpy float32, ``model``'s layout) and a
+    ``LoadReport`` (``report.summary()`` for a log).
+  """
+  label_space = resolve_label_space(path, label_space)
+  sd = source_state_dict(path)
+  prefix = _swin_prefix(sd)
+  if not prefix and isinstance(model, SwinTransformer):
+    # Classifier -> classifier: the whole model, as strictly as the converter.
+    return tc.load_with_report(sd, model, fallback_params=fallback_params,
+                               label_space=label_space)
+  target, _ = the_backbone(model)
+  target_prefix = keys_lib.module_key(target) + "." if target else ""
+  backbone_sd = {target_prefix + k[len(prefix):]: v for k, v in sd.items()
+                 if k.startswith(prefix)}
+  dropped_outside = sorted(k for k in sd if not k.startswith(prefix))
+  if dropped_outside:
+    logging.info("init_from %s: using its backbone (%s) only; not loading %d other entries",
+                 path, prefix.rstrip("."), len(dropped_outside))
+  params, report = tc.load_with_report(
+      backbone_sd, model, allow=(tc.MISSING, tc.UNEXPECTED), fallback_params=fallback_params,
+      label_space=label_space, log_level=logging.INFO)
+  return params, tc.LoadReport(report.loaded, report.left_at_init,
+                               report.dropped + tuple(dropped_outside), report.adapted)
+
+
+def load_initial_params(path: str, model: nn.Module, label_space: str = "auto",
+                        fallback_params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """``load_initial`` without the report (which is logged)."""
+  params, report = load_initial(path, model, label_space, fallback_params)
+  logging.info("init_from %s:\n%s", path, report.summary())
+  return params
