@@ -49,6 +49,8 @@ import sys
 import time
 from typing import Any, Sequence
 
+from swin_jax import cli
+
 # Paper / official-README MACs per image (G), at each model's own resolution.
 PAPER_GMACS = {
     "swin_tiny_patch4_window7_224": 4.5,
@@ -280,6 +282,7 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
+  from swin_jax import tasks  # pylint: disable=import-outside-toplevel
   from swin_jax.models import scan_layout  # pylint: disable=import-outside-toplevel
   from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
   from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
@@ -323,17 +326,18 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
     config = config_lib.base_config()
     config.batch_size = batch
     config.optimizer.warmup_epochs = 1.0
-    config.mixup.mixup_alpha = 0.0
-    config.mixup.cutmix_alpha = 0.0
+    config.task.mixup.mixup_alpha = 0.0
+    config.task.mixup.cutmix_alpha = 0.0
+    config.dataset.num_classes = max(model.num_classes, 1)
     if name:
       config.model.name = name
     tx, schedule = optimizer_lib.make_optimizer(config, total_steps=10_000,
                                                 steps_per_epoch=1_000)
+    task = tasks.get_task(config)
 
     def jitted_train_step(m):
-      return jax.jit(functools.partial(
-          step_lib.train_step, model=m, tx=tx, schedule=schedule,
-          num_classes=max(m.num_classes, 1), mixup_config=config.mixup), donate_argnums=0)
+      return jax.jit(functools.partial(step_lib.train_step, task=task, model=m, tx=tx,
+                                       schedule=schedule), donate_argnums=0)
 
     state = state_lib.create_train_state(params, tx, rng)
     batch_data = {"image": images, "label": labels}
@@ -541,6 +545,8 @@ def _worker_args(framework: str, name: str, batch: int, args: argparse.Namespace
          str(args.threads)]
   if args.skip_train:
     out.append("--skip_train")
+  if args.debug:
+    out.append("--debug")
   if args.img_size:
     out += ["--img_size", str(args.img_size)]
   return out
@@ -692,6 +698,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--out", default="", help="write the report as JSON here")
   p.add_argument("--no_isolate", dest="isolate", action="store_false",
                  help="run every job in this process (RSS peaks then accumulate)")
+  p.add_argument("--debug", action="store_true", help="on an error, show the traceback "
+                 f"(also: {cli.DEBUG_ENV}=1) instead of one line and a log file")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   args.models = _csv_list(args.model) or ["swin_tiny_patch4_window7_224"]
@@ -763,6 +771,11 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
+  with cli.report_errors("bench", debug=args.debug or cli.debug_requested()):
+    return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
   if args.worker:
     set_threads(args.threads)  # before the first JAX computation / torch import
     result = run_job(args.worker, args.models[0], args.batches[0], args)

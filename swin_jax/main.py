@@ -4,6 +4,8 @@
   python -m swin_jax.main --config=configs/demo.py --workdir=runs/demo --config.batch_size=64
 
 Rerunning the same command on the same workdir resumes from the newest checkpoint.
+A failure prints one line and keeps its traceback in a log (see swin_jax/cli.py); a workdir
+the run created is removed again unless it holds a complete checkpoint.
 Multi-host: pass --distributed (or set SWIN_JAX_DISTRIBUTED=1) on every host; on TPU pods,
 Slurm and Open MPI JAX finds its peers itself, elsewhere also give --coordinator_address,
 --num_processes and --process_id.
@@ -16,6 +18,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from swin_jax import cli
 
 # Config files import their shared recipe helpers as `configs.common`, relative to the
 # repository root (the current directory when run as documented).
@@ -55,5 +59,17 @@ def main(argv) -> None:
   loop.train_and_evaluate(config, FLAGS.workdir)
 
 
+def _has_checkpoint(workdir: str) -> bool:
+  """Whether ``workdir`` holds a complete (committed) checkpoint: then it is worth keeping."""
+  try:
+    from swin_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  except ImportError:  # cannot tell: keep it
+    return True
+  steps = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(steps) and any(
+      name.isdigit() and checkpoint.is_committed(os.path.join(steps, name))
+      for name in os.listdir(steps))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, command="main", workdir_flag="workdir", keep_workdir=_has_checkpoint)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swin_jax import cli
 from swin_jax.convert import params_dir
 from swin_jax.convert.torch_checkpoint import init_params, load_torch_checkpoint
 from swin_jax.data import class_names, images
@@ -59,9 +60,10 @@ def main(argv) -> None:
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   overrides = {"num_classes": FLAGS.num_classes} if FLAGS.num_classes else {}
+  image = images.load_image(FLAGS.image)  # before the weights: a wrong path fails at once
   model, params, source = load_model_and_params(FLAGS.model, FLAGS.checkpoint, **overrides)
   size = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
-  pixels = images.eval_transform(images.load_image(FLAGS.image), size, crop=size < 384)
+  pixels = images.eval_transform(image, size, crop=size < 384)
   batch = jnp.asarray(pixels[None])
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
@@ -86,4 +88,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, command="predict")

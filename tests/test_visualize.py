@@ -247,3 +247,39 @@ def test_command_writes_the_three_figures(tmp_path, monkeypatch, tiny):
     with Image.open(path) as image:
       assert image.format == "PNG" and image.size == size, name
       assert np.asarray(image.convert("L")).std() > 5, name  # not blank
+
+
+# ------------------------------------------------------------------------------------------
+# A backbone nested in a task model
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scan_blocks", [False, True], ids=["per-block", "scanned"])
+def test_attention_of_a_nested_backbone_equals_the_same_swin_at_the_root(scan_blocks):
+  from nested_models import tiny_nested_model  # pylint: disable=import-outside-toplevel
+  # The scanned case also runs the fused kernel, which collect_attention must swap out in
+  # the nested Swin (it sows no probabilities).
+  impl = "dot_product" if scan_blocks else "explicit"
+  model = tiny_nested_model(scan_blocks=scan_blocks, attention_impl=impl)
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
+  # Random values of the params' shapes: compiling the init would cost more than the test.
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)["params"]
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: np.float32(0.1) * rng.standard_normal(s.shape, np.float32),
+                        shapes)
+  assert set(params) == {"backbone", "head"}
+
+  logits, nested = am.collect_attention(model, params, images)
+  # The same Swin at the root, on the same params: it has no final norm in the task model,
+  # so run its stage outputs ('features') rather than its classifier.
+  features, root = am.collect_attention(model.backbone, params["backbone"], images,
+                                        method="features")
+  assert logits.shape == (2, 10) and len(features) == 3
+  assert sorted(nested) == sorted(root) == [(s, b) for s in range(3) for b in range(2)]
+  for key in root:
+    np.testing.assert_array_equal(nested[key], root[key], err_msg=str(key))
+  # The geometry helpers find the backbone too; an explicit path must name a Swin.
+  assert am.find_backbone(model, "backbone") == (("backbone",), model.backbone)
+  assert am.model_geometry(model, (64, 64)) == am.model_geometry(model.backbone, (64, 64))
+  with pytest.raises(ValueError, match="no Swin backbone at head"):
+    am.collect_attention(model, params, images, backbone_path="head")

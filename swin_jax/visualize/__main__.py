@@ -30,6 +30,8 @@ import time
 from absl import app, flags, logging
 import numpy as np
 
+from swin_jax import cli
+
 # --model, --checkpoint, --image and --num_classes are predict's flags (defined when it is
 # imported); --image here also accepts digit:N.
 from swin_jax import predict  # noqa: E402  pylint: disable=wrong-import-position
@@ -97,7 +99,8 @@ def main(argv) -> None:
   overrides = {"num_classes": FLAGS.num_classes} if FLAGS.num_classes else {}
   model, params, source = load_model(FLAGS.model, FLAGS.checkpoint, **overrides)
   load_s = time.perf_counter() - start
-  size = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
+  _, swin = am.find_backbone(model)  # the model itself, or a task model's backbone
+  size = swin.img_size if isinstance(swin.img_size, int) else swin.img_size[0]
   pixels, described = load_input(FLAGS.image, size)
   image_hw = pixels.shape[:2]
   query = parse_query(FLAGS.query, image_hw)
@@ -105,7 +108,7 @@ def main(argv) -> None:
   geometries = am.model_geometry(model, image_hw)
   if key not in geometries:
     raise app.UsageError(f"--stage {key[0]} --block {key[1]}: the model has depths "
-                         f"{tuple(model.depths)}")
+                         f"{tuple(swin.depths)}")
 
   logits, probs = am.collect_attention(model, params, pixels[None])
   probs = {k: p[0] for k, p in probs.items()}
@@ -174,8 +177,8 @@ def main(argv) -> None:
                           f"averaged)\n{header}", query)
   written.append(plots.save(fig, os.path.join(FLAGS.out, "rollout.png")))
 
-  print(f"model   {type(model).__name__} img {size}, depths {tuple(model.depths)}, "
-        f"window {model.window_size}; {source}")
+  print(f"model   {type(model).__name__} img {size}, depths {tuple(swin.depths)}, "
+        f"window {swin.window_size}; {source}")
   print(f"image   {described}; {prediction}")
   print(f"time    load/init {load_s:.1f} s, forward (incl. compile) {forward_s:.1f} s, total "
         f"{time.perf_counter() - start:.1f} s")
@@ -184,4 +187,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, command="visualize")

@@ -13,6 +13,10 @@ Keys that fall in the padding (shifted position ``>= H`` or ``>= W``) are no rea
 map *drops* their mass (a row of ``dense_attention`` sums to ``1 - padding_mass``); use
 ``padding_mass`` to report it.
 
+``model`` may also be a task model that holds its Swin as a dataclass field (UperNet, a
+detector: params and sown probabilities under ``backbone/...``); the functions below find it
+with ``swin_jax.models.backbone.find_backbones`` (or take ``backbone_path``).
+
 Typical use::
 
   probs = collect_attention(model, params, images)          # {(stage, block): (B, nW, h, N, N)}
@@ -29,8 +33,10 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from swin_jax.models import backbone as backbone_lib
 from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
+from swin_jax.models.swin import SwinTransformer
 
 Pair = tuple[int, int]
 BlockKey = tuple[int, int]  # (stage, block)
@@ -70,11 +76,40 @@ class BlockGeometry:
 # ------------------------------------------------------------------------------------------
 
 
+def find_backbone(model, backbone_path: str | Sequence[str] | None = None
+                  ) -> tuple[tuple[str, ...], SwinTransformer]:
+  """``(path, swin)``: the Swin of ``model`` (itself, at ``()``, or a nested backbone).
+
+  ``backbone_path``: where it sits, as field names (``('backbone',)`` or ``'backbone'``;
+  ``'a/b'`` for deeper nesting); default: the model's only Swin backbone.
+  """
+  if backbone_path is None:
+    return backbone_lib.the_backbone(model)
+  path = tuple(backbone_path.split("/") if isinstance(backbone_path, str) else backbone_path)
+  path = tuple(name for name in path if name)
+  found = backbone_lib.find_backbones(model)
+  if path not in found:
+    raise ValueError(f"no Swin backbone at {'/'.join(path) or '<root>'} in "
+                     f"{type(model).__name__}; backbones: "
+                     f"{['/'.join(p) or '<root>' for p in found]}")
+  return path, found[path]
+
+
+def _with_backbone(model, path: Sequence[str], swin: SwinTransformer):
+  """``model`` with the Swin at ``path`` (dataclass fields) replaced by ``swin``."""
+  if not path:
+    return swin
+  field = path[0]
+  return model.clone(**{field: _with_backbone(getattr(model, field), path[1:], swin)})
+
+
 def stage_grids(model, image_hw: Sequence[int]) -> list[Pair]:
   """Runtime token grid of every stage for an input of ``image_hw`` pixels.
 
   ``image / patch``, then halved with rounding up per merge (PatchMerging pads odd maps).
+  ``model``: a ``SwinTransformer`` or a task model holding exactly one.
   """
+  model = find_backbone(model)[1]
   h, w = image_hw[0] // model.patch_size, image_hw[1] // model.patch_size
   return [(-(-h // 2**i), -(-w // 2**i)) for i in range(len(model.depths))]
 
@@ -84,35 +119,49 @@ def model_geometry(model, image_hw: Sequence[int]) -> dict[BlockKey, BlockGeomet
 
   Window and shift come from ``model.block_geometry`` (clamped at construction ``img_size``,
   as the model does); the grid is the runtime one, so other input sizes work too.
+  ``model``: a ``SwinTransformer`` or a task model holding exactly one.
   """
+  model = find_backbone(model)[1]
   grids = stage_grids(model, image_hw)
   return {(s, b): BlockGeometry(grids[s], *model.block_geometry(s, b),
                                 cell=model.patch_size * 2**s)
           for s, depth in enumerate(model.depths) for b in range(depth)}
 
 
-def collect_attention(model, params: Any, images) -> tuple[np.ndarray, dict[BlockKey, np.ndarray]]:
-  """One jitted forward pass: ``(logits (B, classes), {(stage, block): (B, nW, heads, N, N)})``.
+def collect_attention(model, params: Any, images,
+                      backbone_path: str | Sequence[str] | None = None,
+                      method: str | None = None) -> tuple[Any, dict[BlockKey, np.ndarray]]:
+  """One jitted forward pass: ``(output, {(stage, block): (B, nW, heads, N, N)})``.
 
-  ``images``: ``(B, H, W, 3)`` float32, normalised as the model expects. The probabilities
-  are the ones the model sows (``intermediates/layers_i/blocks_j/attn/attn_probs``), as numpy.
-  Compiles on every call (Flax modules with list fields cannot key a cache).
+  ``images``: ``(B, H, W, 3)`` float32, normalised as the model expects. ``model``: a
+  ``SwinTransformer`` (``output``: its logits ``(B, classes)``) or a task model holding one
+  as a dataclass field (``output``: whatever the model returns, as numpy); ``backbone_path``
+  as in ``find_backbone``. The probabilities are the ones the Swin sows
+  (``intermediates/<backbone path>/layers_i/blocks_j/attn/attn_probs``, or the scanned
+  ``block_pairs`` layout), as numpy. ``method``: the model method to run, by name
+  (``'features'``: a Swin's stage outputs; default ``__call__``). Compiles on every call
+  (Flax modules with list fields cannot key a cache).
   """
-  model = model.clone(attention_impl="explicit")  # the fused kernel sows no probabilities
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False,
+  path, swin = find_backbone(model, backbone_path)
+  swin = swin.clone(attention_impl="explicit")  # the fused kernel sows no probabilities
+  model = _with_backbone(model, path, swin)
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False, method=method,
                                              mutable=["intermediates"]))
-  logits, state = forward(params, images)
+  output, state = forward(params, images)
+  sown_by_swin = state["intermediates"]
+  for name in path:  # a field submodule sows under its field's name
+    sown_by_swin = sown_by_swin[name]
   probs = {}
-  for stage, depth in enumerate(model.depths):
-    sown = state["intermediates"][f"layers_{stage}"]
+  for stage, depth in enumerate(swin.depths):
+    sown = sown_by_swin[f"layers_{stage}"]
     for block in range(depth):
-      if model.scan_blocks:  # stacked per pair: see swin_jax.models.scan_layout
+      if swin.scan_blocks:  # stacked per pair: see swin_jax.models.scan_layout
         (p,) = sown[scan_layout.PAIRS][f"block{block % 2}"]["attn"]["attn_probs"]
         p = p[block // 2]
       else:
         (p,) = sown[f"blocks_{block}"]["attn"]["attn_probs"]
       probs[stage, block] = np.asarray(p)
-  return np.asarray(logits), probs
+  return jax.tree.map(np.asarray, output), probs
 
 
 # ------------------------------------------------------------------------------------------
