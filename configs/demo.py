@@ -5,8 +5,6 @@ held-out test) and read through the same TFDS/grain path as ImageNet.
   python -m swin_jax.main --config=configs/demo.py --workdir=runs/demo     # make demo
 """
 
-from ml_collections import ConfigDict
-
 from swin_jax.train.config import base_config
 
 
@@ -16,7 +14,7 @@ def get_config():
   # A 3-stage Swin on 32x32 digits with 2x2 patches: 16x16 tokens in 4x4 windows (W-MSA,
   # then SW-MSA: shift 2 with the -100 mask), merged to 8x8 (shifted windows again), then 4x4
   # (one window, no shift).
-  config.model.overrides = ConfigDict(dict(
+  config.model.overrides.update(dict(
       img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
       window_size=4, num_classes=10, drop_path_rate=0.05))
   config.dataset.name = "swin_demo_mnist"
@@ -26,13 +24,13 @@ def get_config():
   config.dataset.image_size = 32       # the 28x28 digits are resized (bicubic)
   config.dataset.eval_crop = False
   # Digits: mild crops, no flips, no RandAugment.
-  config.aug.random_resized_crop = True
-  config.aug.crop_scale = (0.85, 1.0)
-  config.aug.crop_ratio = (0.9, 1.1)
-  config.aug.hflip = 0.0
-  config.aug.randaugment = ""
-  config.aug.reprob = 0.0
-  config.mixup.label_smoothing = 0.1
+  config.task.aug.random_resized_crop = True
+  config.task.aug.crop_scale = (0.85, 1.0)
+  config.task.aug.crop_ratio = (0.9, 1.1)
+  config.task.aug.hflip = 0.0
+  config.task.aug.randaugment = ""
+  config.task.aug.reprob = 0.0
+  config.task.mixup.label_smoothing = 0.1
   config.optimizer.base_lr = 1.5e-3
   config.optimizer.warmup_lr = 1e-5
   config.optimizer.min_lr = 1e-5

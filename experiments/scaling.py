@@ -34,6 +34,7 @@ def measure(model_name: str, devices: int, mode: str, batch: int, steps: int) ->
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
+  from swin_jax import tasks  # pylint: disable=import-outside-toplevel
   from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
   from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
@@ -44,8 +45,9 @@ def measure(model_name: str, devices: int, mode: str, batch: int, steps: int) ->
   assert jax.device_count() == devices, (jax.device_count(), devices)
   config = config_lib.base_config()
   config.batch_size = batch
-  config.mixup.mixup_alpha = config.mixup.cutmix_alpha = 0.0
+  config.task.mixup.mixup_alpha = config.task.mixup.cutmix_alpha = 0.0
   model = registry.create_model(model_name, scan_blocks=True)
+  config.dataset.num_classes = model.num_classes  # the classification task mixes labels
   mesh = sharding.make_mesh((devices, 1) if mode == "data" else (1, devices))
   tx, schedule = optimizer_lib.make_optimizer(config, total_steps=1000, steps_per_epoch=100)
   size = model.img_size
@@ -62,7 +64,8 @@ def measure(model_name: str, devices: int, mode: str, batch: int, steps: int) ->
   images = jax.device_put(jax.random.normal(rng, (batch, size, size, 3)), batch_sharding)
   labels = jax.device_put(jnp.arange(batch) % model.num_classes, batch_sharding)
   data = {"image": images, "label": labels}
-  step_fn = loop.sharded_train_step(model, tx, schedule, config.mixup, state_sharding, mesh)
+  step_fn = loop.sharded_train_step(tasks.get_task(config), model, tx, schedule,
+                                    state_sharding, mesh)
   start = time.perf_counter()
   compiled = step_fn.lower(state, data).compile()
   compile_s = time.perf_counter() - start

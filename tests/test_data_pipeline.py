@@ -46,9 +46,9 @@ def make_config(data_dir, *, batch_size=8, image_size=16, **aug):
   config.dataset.image_size = image_size
   config.batch_size = batch_size
   config.seed = 3
-  config.aug.randaugment = "rand-m9-mstd0.5-inc1"
-  config.aug.reprob = 0.25
-  config.aug.update(aug)
+  config.task.aug.randaugment = "rand-m9-mstd0.5-inc1"
+  config.task.aug.reprob = 0.25
+  config.task.aug.update(aug)
   return config
 
 

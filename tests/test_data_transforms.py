@@ -110,8 +110,8 @@ def test_config_wiring():
 def _config(randaugment: str, reprob: float = 0.0):
   config = base_config()
   config.dataset.image_size = 40
-  config.aug.randaugment = randaugment
-  config.aug.reprob = reprob
+  config.task.aug.randaugment = randaugment
+  config.task.aug.reprob = reprob
   return config
 
 

@@ -19,8 +19,9 @@ from swin_jax.train import config as config_lib
 from swin_jax.train import loop
 from train_runs import REPO, TINY_CONFIG, run_main, train_losses
 
+# Every recipe, the dense families' configs/<family>/*.py included.
 SHIPPED_CONFIGS = sorted(
-    p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
     if os.path.basename(p) not in ("__init__.py", "common.py"))
 
 
@@ -48,7 +49,8 @@ def test_shipped_configs_are_found():
           "swinv2_b_22k.py", "swinv2_b_22kto1k_256.py"} <= names
 
 
-@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=os.path.basename)
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS,
+                         ids=lambda p: os.path.relpath(p, os.path.join(REPO, "configs")))
 def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp_path):
   """The config as shipped (dataset, classes, image size, recipe) with a tiny model/batch."""
   config = load_config(path)
@@ -139,6 +141,45 @@ def test_misspelt_command_line_override_is_rejected_by_name(data_dir, tmp_path):
   process = run_main(str(tmp_path), data_dir, "--config.optimizer.base_lrr=0.1")
   assert process.returncode != 0
   assert "base_lrr" in process.stderr
+
+
+def parse_config_flags(path: str, *overrides: str):
+  """The config as ``python -m swin_jax.main`` parses it: locked, command-line overrides."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  argv = ["main", f"--config={path}", *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  return flag_values.config
+
+
+@pytest.mark.parametrize("path", [TINY_CONFIG, os.path.join(REPO, "configs", "swin_t_1k.py")],
+                         ids=os.path.basename)
+def test_every_model_field_can_be_set_from_the_command_line(path):
+  """A GPU user switches on bf16 (or any other model field) without editing the recipe."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from swin_jax import tasks  # pylint: disable=import-outside-toplevel
+  config = parse_config_flags(
+      path, "--config.model.overrides.dtype=bfloat16",
+      "--config.model.overrides.attention_impl=dot_product",
+      "--config.model.overrides.remat=dots", "--config.model.overrides.window_size=2",
+      "--config.model.overrides.mlp_ratio=2.0", "--config.model.overrides.ape=True")
+  model = tasks.get_task(config).build_model()
+  assert model.dtype == jnp.bfloat16 and model.attention_impl == "dot_product"
+  assert model.remat == "dots" and model.window_size == 2
+  assert model.mlp_ratio == 2.0 and model.ape
+  # Fields nobody set keep the named model's (or the recipe's) values.
+  recipe = load_config(path)
+  assert model.embed_dim == registry.model_config(
+      recipe.model.name, **config_lib.model_overrides(recipe))["embed_dim"]
+  assert set(registry.constructor_fields(type(model))) <= set(config.model.overrides)
+
+
+def test_an_unknown_model_field_on_the_command_line_is_rejected_by_name():
+  with pytest.raises(Exception, match="window_sise"):
+    parse_config_flags(TINY_CONFIG, "--config.model.overrides.window_sise=2")
 
 
 def test_run_writes_metrics_jsonl_tensorboard_and_its_config(data_dir, tmp_path):

@@ -1,11 +1,14 @@
 """Per-host input pipelines (grain over TFDS ArrayRecord): what the training loop calls.
 
-    train_iterator(config, process_index, process_count)
-        -> infinite grain DatasetIterator of {'image': float32 (b, S, S, 3), 'label': int32 (b,)}
-    eval_iterator(config, process_index, process_count)
-        -> finite iterable of {'image', 'label', 'mask': float32 (b,)}, last batch zero-padded
+    train_iterator(config, process_index, process_count, transform=task.train_transform())
+        -> infinite grain DatasetIterator of batched train examples, e.g.
+           {'image': float32 (b, S, S, 3), 'label': int32 (b,)} for classification
+    eval_iterator(config, process_index, process_count, transform=..., padding=...)
+        -> finite iterable of eval examples plus 'mask': float32 (b,), last batch padded
 
-``b`` is the global batch size divided by ``process_count``. The train pipeline is a pure
+``b`` is the global batch size divided by ``process_count``. The per-example transforms
+come from the task (``swin_jax.tasks``); without one, the task that ``config.task.name``
+names supplies them. The train pipeline is a pure
 function of (config, seed, step), the same global batches for any number of hosts, each
 host reading only its slice of every global batch: ``it.get_state()`` is a small JSON-able dict, and an iterator
 given that state with ``set_state`` yields exactly the batches the original would have.
@@ -23,7 +26,6 @@ import grain
 import numpy as np
 
 from swin_jax.data import sources
-from swin_jax.data import transforms
 
 
 def train_examples(config) -> int:
@@ -39,7 +41,13 @@ def per_host_batch_size(batch_size: int, process_count: int, what: str = "batch_
   return batch_size // process_count
 
 
-def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def _task(config):
+  from swin_jax import tasks  # pylint: disable=import-outside-toplevel
+  return tasks.get_task(config)
+
+
+def train_dataset(config, process_index: int = 0, process_count: int = 1,
+                  transform: Any = None) -> grain.IterDataset:
   """The train pipeline as a grain IterDataset (``train_iterator`` iterates it).
 
   The shuffled, augmented example stream is defined globally (its seeds do not depend on
@@ -48,6 +56,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
   the losses, are the same on one host or many, and only accessed examples are decoded.
   """
   batch = per_host_batch_size(config.batch_size, process_count)
+  transform = transform or _task(config).train_transform()
   source = sources.open_source(config.dataset, config.dataset.train_split)
   if len(source) < config.batch_size:
     raise ValueError(f"batch_size {config.batch_size} is larger than the "
@@ -59,7 +68,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
             .repeat(None)
             # The generator is seeded from (seed, position in the repeated stream), so
             # augmentations differ per epoch and are reproduced exactly after a restore.
-            .random_map(transforms.train_transform(config), seed=_seed(config.seed, "augment")))
+            .random_map(transform, seed=_seed(config.seed, "augment")))
   host_share = _HostShare(stream, config.batch_size, process_index, process_count)
   return _to_iter(host_share.batch(batch, drop_remainder=True), config)
 
@@ -91,28 +100,33 @@ class _HostShare(grain.MapDataset):
     return f"_HostShare(offset={self._offset}, {self._local_batch} of {self._global_batch})"
 
 
-def train_iterator(config, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
+def train_iterator(config, process_index: int = 0, process_count: int = 1,
+                   transform: Any = None) -> grain.DatasetIterator:
   """Infinite iterator of per-host train batches; ``get_state``/``set_state`` resume it."""
-  return iter(train_dataset(config, process_index, process_count))
+  return iter(train_dataset(config, process_index, process_count, transform))
 
 
-def eval_iterator(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """Finite, re-iterable per-host eval batches ``{'image', 'label', 'mask'}``.
+def eval_iterator(config, process_index: int = 0, process_count: int = 1,
+                  transform: Any = None, padding: dict[str, Any] | None = None
+                  ) -> grain.IterDataset:
+  """Finite, re-iterable per-host eval batches: the transform's keys plus ``'mask'``.
 
   Every host yields the same number of batches (collectives need it): each host's share is
-  zero-padded to ``ceil(ceil(N / hosts) / b) * b`` examples, padding has ``mask`` 0.
+  padded to ``ceil(ceil(N / hosts) / b) * b`` examples with ``padding`` (``mask`` 0).
   """
   batch = per_host_batch_size(config.eval_batch_size or config.batch_size, process_count,
                               "eval_batch_size")
+  if transform is None or padding is None:
+    task = _task(config)
+    transform = transform or task.eval_transform()
+    padding = padding if padding is not None else task.eval_padding()
   source = sources.open_source(config.dataset, config.dataset.eval_split)
   host_share = grain.MapDataset.source(source)[process_index::process_count]
   largest_share = math.ceil(len(source) / process_count)
   total = math.ceil(largest_share / batch) * batch
-  size = config.dataset.image_size
   ds = grain.MapDataset.concatenate([
-      host_share.map(_Masked(transforms.eval_transform(config))),
-      grain.MapDataset.source(_Padding(total - len(host_share), size)),
+      host_share.map(_Masked(transform)),
+      grain.MapDataset.source(_Padding(total - len(host_share), padding)),
   ])
   return _to_iter(ds.batch(batch, drop_remainder=False), config)
 
@@ -128,9 +142,9 @@ class _Masked:
 
 @dataclasses.dataclass(frozen=True)
 class _Padding(Sequence):
-  """``length`` zero examples with ``mask`` 0 that pad the last eval batch."""
+  """``length`` copies of the padding example (``mask`` 0) for the last eval batch."""
   length: int
-  image_size: int
+  example: dict[str, Any]
 
   def __len__(self) -> int:
     return self.length
@@ -138,8 +152,7 @@ class _Padding(Sequence):
   def __getitem__(self, index):
     if not 0 <= index < self.length:
       raise IndexError(index)
-    return {"image": np.zeros((self.image_size, self.image_size, 3), np.float32),
-            "label": np.int32(0), "mask": np.float32(0.0)}
+    return {**self.example, "mask": np.float32(0.0)}
 
 
 def _to_iter(ds: grain.MapDataset, config) -> grain.IterDataset:

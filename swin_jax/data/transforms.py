@@ -156,8 +156,8 @@ class EvalTransform:
 
 
 def train_transform(config) -> TrainTransform:
-  """The train transform described by ``config.dataset`` and ``config.aug``."""
-  aug, size = config.aug, config.dataset.image_size
+  """The train transform described by ``config.dataset`` and ``config.task.aug``."""
+  aug, size = config.task.aug, config.dataset.image_size
   spec = randaugment_lib.parse_randaugment(aug.randaugment)
   return TrainTransform(
       image_size=size,

@@ -91,10 +91,30 @@ def resolve_name(name: str) -> str:
   return name
 
 
+def model_class(name: str) -> type:
+  """The Flax module class that ``create_model(name)`` builds."""
+  resolve_name(name)
+  return SwinTransformer
+
+
+def model_classes() -> list[type]:
+  """Every model class in the registry (their fields are the possible overrides)."""
+  return [SwinTransformer]
+
+
+def constructor_fields(cls: type) -> dict[str, Any]:
+  """``{field name: default}`` of a Flax module class, without Flax's own fields."""
+  return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
+
+
 def model_config(name: str, **overrides: Any) -> dict[str, Any]:
-  """The constructor fields of ``name`` with ``overrides`` applied (validated by name)."""
+  """The constructor fields of ``name`` with ``overrides`` applied (validated by name).
+
+  An override of ``None`` means "the model's own value" (how a config leaves a field unset).
+  """
   config = dict(MODEL_CONFIGS[resolve_name(name)])
-  fields = {f.name for f in dataclasses.fields(SwinTransformer)} - {"parent", "name"}
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  fields = set(constructor_fields(model_class(name)))
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(f"unknown override(s) {unknown} for {name}; valid fields: {sorted(fields)}")
@@ -113,4 +133,4 @@ def create_model(name: str, **overrides: Any) -> SwinTransformer:
   ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``,
   ``pretrained_window_sizes=(8, 8, 8, 8)`` (V2).
   """
-  return SwinTransformer(**model_config(name, **overrides))
+  return model_class(name)(**model_config(name, **overrides))

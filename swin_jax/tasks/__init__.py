@@ -1,1 +1,29 @@
-"""What differs per task: loss, metrics, batch layout."""
+"""Tasks: what differs per kind of training (see ``swin_jax.tasks.base``).
+
+    task = get_task(config)        # config.task.name -> a Task instance
+"""
+
+from __future__ import annotations
+
+from swin_jax.tasks.base import Evaluator, SumEvaluator, Task
+from swin_jax.tasks.classification import ClassificationTask
+
+TASKS: dict[str, type[Task]] = {
+    ClassificationTask.name: ClassificationTask,
+}
+
+
+def task_class(name: str) -> type[Task]:
+  """The Task class registered as ``name``; a ValueError listing the choices."""
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}")
+  return TASKS[name]
+
+
+def get_task(config) -> Task:
+  """The task of a run config (``config.task.name``)."""
+  return task_class(config.task.name)(config)
+
+
+__all__ = ["ClassificationTask", "Evaluator", "SumEvaluator", "TASKS", "Task", "get_task",
+           "task_class"]

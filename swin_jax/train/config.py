@@ -1,30 +1,73 @@
 """The training config schema: every field a run reads, its type and a neutral default.
 
-Recipe numbers (learning rates, epochs, augmentation strengths) live in ``configs/*.py``;
+Recipe numbers (learning rates, epochs, augmentation strengths) live in ``configs/**.py``;
 this module only names the fields, so that a misspelt field is rejected by name.
 
-    config = base_config()        # the complete schema
-    ...                           # a configs/*.py file fills in its recipe
-    validate_config(config)       # unknown or missing fields -> ValueError naming them
+    config = base_config("classification")   # the generic schema + that task's section
+    ...                                      # a configs/ file fills in its recipe
+    validate_config(config)                  # unknown or missing fields -> ValueError
+
+The generic part (model, dataset, optimizer, steps, mesh, checkpoints) is the same for every
+task; ``config.task`` holds ``name`` plus the fields of that task
+(``swin_jax.tasks.<task>.section_defaults()``), validated against them.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
+from ml_collections import config_dict
+
+from swin_jax import tasks
+from swin_jax.models import registry
 
 ConfigDict = ml_collections.ConfigDict
 
-# Fields whose contents are free-form (validated elsewhere): model constructor overrides.
+# Fields whose contents are validated elsewhere: model constructor overrides (by the model
+# registry, against the named model's own fields).
 _FREE_FORM = ("model.overrides",)
 
 
-def base_config() -> ConfigDict:
-  """The full schema with neutral defaults."""
+def _placeholder(default: Any) -> Any:
+  """An unset (None) field that the command line can still set, typed like ``default``."""
+  if isinstance(default, (bool, int, float, str, tuple)):
+    return config_dict.placeholder(type(default))
+  if isinstance(default, type) and default.__module__.startswith("jax"):
+    return config_dict.placeholder(str)    # dtypes: 'float32', 'bfloat16'
+  return None
+
+
+def model_override_fields() -> ConfigDict:
+  """Every constructor field of every registered model, unset.
+
+  A locked config only accepts command-line values for fields it has, so every model field
+  is present (None = "the model's own value"), e.g.
+  ``--config.model.overrides.dtype=bfloat16`` or ``...attention_impl=dot_product``.
+  """
+  fields = ConfigDict()
+  for cls in registry.model_classes():
+    for name, default in registry.constructor_fields(cls).items():
+      placeholder = _placeholder(default)
+      if placeholder is not None and name not in fields:
+        fields[name] = placeholder
+  return fields
+
+
+def model_overrides(config: ConfigDict) -> dict[str, Any]:
+  """The model overrides a config sets (its unset fields dropped)."""
+  return {k: v for k, v in config.model.overrides.to_dict().items() if v is not None}
+
+
+def base_config(task: str = "classification") -> ConfigDict:
+  """The full schema of a ``task`` run with neutral defaults."""
   c = ConfigDict()
+  c.task = tasks.task_class(task).section_defaults()
+  c.task.name = task
   c.model = ConfigDict(dict(
       name="swin_tiny_patch4_window7_224",
-      # Any SwinTransformer field: num_classes, img_size, window_size, drop_path_rate, dtype...
-      overrides=ConfigDict(),
+      # Any field of the model's class: num_classes, img_size, window_size, dtype...
+      overrides=model_override_fields(),
   ))
   c.dataset = ConfigDict(dict(
       name="imagenet2012",           # a TFDS name (ArrayRecord build, see README)
@@ -36,21 +79,6 @@ def base_config() -> ConfigDict:
       eval_crop=True,                # resize 256/224*S then centre crop; False: direct resize
       num_workers=0,                 # grain worker processes per host (0: in-process)
       read_threads=8,                # threads per process reading/augmenting; prefetch 2x
-  ))
-  c.aug = ConfigDict(dict(
-      random_resized_crop=True,
-      crop_scale=(0.08, 1.0),
-      crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
-      hflip=0.5,
-      randaugment="",                # timm-style spec, e.g. 'rand-m9-mstd0.5-inc1'; '' = off
-      reprob=0.0,                    # random erasing probability ('pixel' mode, one box)
-  ))
-  c.mixup = ConfigDict(dict(
-      mixup_alpha=0.0,
-      cutmix_alpha=0.0,
-      prob=1.0,
-      switch_prob=0.5,
-      label_smoothing=0.0,
   ))
   c.optimizer = ConfigDict(dict(
       # Learning rates are given per `reference_batch_size` images and scaled linearly to
@@ -67,6 +95,13 @@ def base_config() -> ConfigDict:
       eps=1e-8,
       clip_grad_norm=5.0,            # 0 disables
       layer_decay=1.0,               # < 1: layer-wise lr decay (SimMIM fine-tuning)
+      # Which params skip weight decay, by official (PyTorch) name, whatever the layout:
+      # the classification code skips 1-D params and biases plus these keywords; the
+      # mmseg/mmdet forks skip only names containing 'norm', 'absolute_pos_embed' or
+      # 'relative_position_bias_table' (and decay biases and BN weights).
+      no_decay_1d_and_bias=True,
+      no_decay_keywords=("absolute_pos_embed", "relative_position_bias_table", "cpb_mlp",
+                         "logit_scale", "mask_token"),
       grad_accum_steps=1,
   ))
   c.batch_size = 1024                # global, over all hosts and devices
@@ -81,6 +116,10 @@ def base_config() -> ConfigDict:
   c.mesh_shape = (-1, 1)             # sizes of ('data', 'fsdp'); -1 = all remaining devices
   c.fsdp_min_weight_size = 2**18     # params with fewer elements stay replicated
   c.init_from = ""                   # converted-params dir or PyTorch checkpoint
+  # Label space of init_from's 21,841-class head, for the 22K->1K map: 'auto' (a swin_jax
+  # run dir: from its dataset; anything else: 'official'), 'official' (the official Swin
+  # 22K head order) or 'fall11' (sorted fall11 synsets: swin_jax's ImageNet-22K builder).
+  c.init_from_label_space = "auto"
   c.distributed = False              # call jax.distributed.initialize() (multi-host)
   return c
 
@@ -97,8 +136,11 @@ def _flat_keys(config: ConfigDict, prefix: str = "") -> dict[str, type]:
 
 
 def validate_config(config: ConfigDict) -> None:
-  """Rejects fields the schema does not know (typos) and fields it needs but lacks."""
-  schema = _flat_keys(base_config())
+  """Rejects fields the schema does not know (typos) and fields it needs but lacks.
+
+  The ``task`` section is checked against the schema of the task it names.
+  """
+  schema = _flat_keys(base_config(config.task.name))
   given = _flat_keys(config)
   unknown = sorted(set(given) - set(schema))
   missing = sorted(set(schema) - set(given))

@@ -1,6 +1,9 @@
 """The training loop: mesh -> data -> model -> sharded state -> restore-or-init -> steps.
 
-``train_and_evaluate(config, workdir)`` is what ``python -m swin_jax.main`` runs. A run
+``train_and_evaluate(config, workdir)`` is what ``python -m swin_jax.main`` runs, for every
+task: what differs per task (model, transforms, loss, eval, post-update hook) comes from
+``swin_jax.tasks.get_task(config)``; this loop, the step, sharding, checkpoints,
+preemption and logging exist once. A run
 started on a workdir that has checkpoints continues from the newest complete one, with
 the input pipeline at the same position, so its losses equal the uninterrupted run's.
 SIGTERM (preemption) saves at the current step and returns normally.
@@ -17,12 +20,12 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from swin_jax import tasks
 from swin_jax.data import pipeline
-from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
 from swin_jax.train import init_from as init_from_lib
@@ -31,19 +34,6 @@ from swin_jax.train import sharding as sharding_lib
 from swin_jax.train import state as state_lib
 from swin_jax.train import step as step_lib
 from swin_jax.train.metrics_writer import MetricsWriter
-
-
-# Fault injection for the resume tests: "STEP:SIGNAL" (e.g. "6:SIGKILL") makes the run send
-# itself SIGNAL right after finishing STEP, through the same path as an external signal.
-SELF_SIGNAL_ENV = "SWIN_JAX_SELF_SIGNAL"
-
-
-def _self_signal_at() -> tuple[int, int] | None:
-  spec = os.environ.get(SELF_SIGNAL_ENV)
-  if not spec:
-    return None
-  step, name = spec.split(":")
-  return int(step), int(getattr(signal, name))
 
 
 @dataclasses.dataclass
@@ -57,15 +47,23 @@ class NonFiniteLossError(FloatingPointError):
   """The loss became NaN/Inf; no checkpoint of that state was written."""
 
 
-class _PreemptionFlag:
-  """Set by SIGTERM; the loop checks it between steps."""
+class Preemption:
+  """Decides, the same way on every host, the step at which a preempted run saves and stops.
+
+  Multi-host (``jax.distributed``): JAX's preemption service. Its coordination agent
+  catches SIGTERM on any host and ``multihost_utils.reached_preemption_sync_point(step)``
+  then turns True on every host at the same step; no collective runs per step.
+  One process: a SIGTERM handler sets a flag that the next step boundary sees.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multihost = jax.process_count() > 1
 
-  def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+  def __enter__(self) -> Preemption:
+    if not self._multihost:  # the JAX service owns SIGTERM in multi-host runs
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
@@ -73,15 +71,14 @@ class _PreemptionFlag:
     self.requested = True
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multihost:
+      signal.signal(signal.SIGTERM, self._previous)
 
-  def any_process(self) -> bool:
-    """True if any process was signalled (all must save the same step together)."""
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    flags = multihost_utils.process_allgather(np.array([self.requested]))
-    return bool(np.any(flags))
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop now, before training step ``step + 1``."""
+    if self._multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -111,27 +108,36 @@ def _is_finite(metrics: dict[str, float]) -> bool:
   return all(np.isfinite(v) for v in metrics.values())
 
 
-def evaluate(eval_fn, params, config, mesh) -> dict[str, float]:
-  """Top-1/top-5/loss over this run's eval split (every host its share)."""
-  totals: dict[str, float] = {}
-  for batch in pipeline.eval_iterator(config, jax.process_index(), jax.process_count()):
-    sums = jax.device_get(eval_fn(params, sharding_lib.global_batch(batch, mesh)))
-    for key, value in sums.items():
-      totals[key] = totals.get(key, 0.0) + float(value)
-  count = max(totals.get("count", 0.0), 1.0)
-  return {f"eval/{k}": totals[k] / count for k in ("top1", "top5", "loss")}
+def evaluate(task, eval_fn, state, config, mesh) -> dict[str, float]:
+  """The task's metrics over this run's whole eval split (every host reads its share)."""
+  evaluator = task.evaluator()
+  batches = pipeline.eval_iterator(config, jax.process_index(), jax.process_count(),
+                                   task.eval_transform(), task.eval_padding())
+  for batch in batches:
+    outputs = eval_fn(state.params, state.model_state, sharding_lib.global_batch(batch, mesh))
+    evaluator.update(jax.device_get(outputs))
+  return evaluator.result()
 
 
-def sharded_train_step(model, tx, schedule, mixup_config: ml_collections.ConfigDict,
-                       state_sharding: Any, mesh: jax.sharding.Mesh):
+def sharded_train_step(task, model, tx, schedule, state_sharding: Any,
+                       mesh: jax.sharding.Mesh):
   """The jitted ``train_step``: state sharded as ``state_sharding`` and donated, the batch
   split over the mesh, metrics replicated. ``(state, batch) -> (state, metrics)``."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(
-      functools.partial(step_lib.train_step, model=model, tx=tx, schedule=schedule,
-                        num_classes=model.num_classes, mixup_config=mixup_config),
+      functools.partial(step_lib.train_step, task=task, model=model, tx=tx,
+                        schedule=schedule),
       in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh)),
       out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def sharded_eval_step(task, model, state_sharding: Any, mesh: jax.sharding.Mesh):
+  """The jitted ``eval_step``: ``(params, model_state, batch) -> outputs`` (replicated)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(functools.partial(step_lib.eval_step, task=task, model=model),
+                 in_shardings=(state_sharding.params, state_sharding.model_state,
+                               sharding_lib.batch_sharding(mesh)),
+                 out_shardings=replicated)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
@@ -140,6 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   Returns the final (sharded) state and the last logged train and eval metrics.
   """
   config_lib.validate_config(config)
+  task = tasks.get_task(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
@@ -151,18 +158,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   eval_every = config.eval_every_steps if config.eval_every_steps >= 0 else steps_per_epoch
 
   # --- model and optimizer ---
-  model = registry.create_model(config.model.name, **config.model.overrides)
-  if model.num_classes != config.dataset.num_classes:
-    raise ValueError(f"model {config.model.name} has {model.num_classes} classes but dataset "
-                     f"{config.dataset.name} has {config.dataset.num_classes}; set "
-                     "config.model.overrides.num_classes")
+  model = task.build_model()
   tx, schedule = optimizer_lib.make_optimizer(config, total_steps, steps_per_epoch)
-  image_shape = (1, config.dataset.image_size, config.dataset.image_size, model.in_chans)
 
   def init_state(rng):
-    params_rng, state_rng = jax.random.split(rng)
-    params = model.init(params_rng, jnp.zeros(image_shape, jnp.float32))["params"]
-    return state_lib.create_train_state(params, tx, state_rng)
+    init_rng, state_rng = jax.random.split(rng)
+    params, model_state = tasks.base.split_variables(task.init_variables(model, init_rng))
+    return state_lib.create_train_state(params, tx, state_rng, model_state,
+                                        task.init_extra(params))
 
   rng = jax.random.PRNGKey(config.seed)
   abstract_state = jax.eval_shape(init_state, rng)
@@ -174,7 +177,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 
   # --- restore or initialise ---
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  train_iter = pipeline.train_iterator(config, jax.process_index(), jax.process_count())
+  train_iter = pipeline.train_iterator(config, jax.process_index(), jax.process_count(),
+                                       task.train_transform())
   latest = checkpointer.latest_step()
   if latest is not None:
     state, data_state = checkpointer.restore(latest, abstract_state)
@@ -184,39 +188,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
   else:
     state = jax.jit(init_state, out_shardings=state_sharding)(rng)
     if config.init_from:
-      params = init_from_lib.load_initial_params(config.init_from, model)
-      params = jax.device_put(params, state_sharding.params)
-      state = jax.jit(lambda s, p: state_lib.create_train_state(p, tx, s.rng),
-                      out_shardings=state_sharding)(state, params)
-      print(f"initialised params from {config.init_from}", flush=True)
+      state = _init_from(config, model, tx, state, state_sharding, task)
   if is_main:
     _write_run_config(workdir, config)
 
   # --- compiled steps ---
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  train_fn = sharded_train_step(model, tx, schedule, config.mixup, state_sharding, mesh)
-  eval_fn = jax.jit(functools.partial(step_lib.eval_step, model=model),
-                    in_shardings=(state_sharding.params, batch_sharding),
-                    out_shardings=replicated)
+  train_fn = sharded_train_step(task, model, tx, schedule, state_sharding, mesh)
+  eval_fn = sharded_eval_step(task, model, state_sharding, mesh)
 
   writer = MetricsWriter(workdir, total_steps, config.batch_size, is_main)
   step = int(jax.device_get(state.step))
   last: dict[str, Any] = {}
-  overrides = config.model.overrides.to_dict()
-  print(f"training {config.model.name}{' with ' + str(overrides) if overrides else ''}: "
-        f"{total_steps} steps ({steps_per_epoch} per epoch) on mesh {dict(mesh.shape)}, "
-        f"workdir {workdir}", flush=True)
-
-  self_signal = _self_signal_at()
+  overrides = config_lib.model_overrides(config)
+  with_overrides = f" with {overrides}" if overrides else ""
+  print(f"training {config.model.name} ({task.name}){with_overrides}: {total_steps} steps "
+        f"({steps_per_epoch} per epoch) on mesh {dict(mesh.shape)}, workdir {workdir}",
+        flush=True)
 
   def save(at_step: int, force: bool = False) -> None:
     checkpointer.save(at_step, state, train_iter.get_state(), force=force)
 
   try:
-    with _PreemptionFlag() as preemption:
+    with Preemption() as preemption:
       while step < total_steps:
-        if preemption.any_process():
+        if preemption.reached(step):
           save(step, force=True)
           checkpointer.wait()
           print(f"preempted: saved step {step}; rerun the same command to resume", flush=True)
@@ -238,11 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
             last.update(metrics)
         if save_now:
           save(step)
-        if self_signal and self_signal[0] == step:
-          checkpointer.wait()
-          os.kill(os.getpid(), self_signal[1])
         if (eval_every > 0 and step % eval_every == 0) or step == total_steps:
-          eval_metrics = evaluate(eval_fn, state.params, config, mesh)
+          eval_metrics = evaluate(task, eval_fn, state, config, mesh)
           writer.write(step, eval_metrics)
           print(f"eval at step {step}: " +
                 " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
@@ -253,3 +245,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
     checkpointer.close()
     writer.close()
   return RunResult(state, last)
+
+
+def _init_from(config, model, tx, state, state_sharding, task):
+  """``state`` with its params replaced by those of ``config.init_from`` (fresh optimizer).
+
+  A classifier source fills a classifier whole; into a task model it fills the backbone,
+  and what it does not cover (heads, feature norms) keeps this run's own init.
+  """
+  # The run's own init is what uncovered params keep; gathered to the host (every process
+  # holds the whole tree: process_allgather of fully replicated or sharded arrays).
+  own = multihost_utils.process_allgather(state.params, tiled=True)
+  params, report = init_from_lib.load_initial(config.init_from, model,
+                                              config.init_from_label_space,
+                                              fallback_params=own)
+  print(report.summary(), flush=True)
+  params = jax.device_put(params, state_sharding.params)
+  state = jax.jit(
+      lambda s, p: state_lib.create_train_state(p, tx, s.rng, s.model_state,
+                                                task.init_extra(p)),
+      out_shardings=state_sharding)(state, params)
+  print(f"initialised params from {config.init_from}", flush=True)
+  return state

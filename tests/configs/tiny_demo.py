@@ -13,7 +13,7 @@ def get_config():
   # lengths share their first steps exactly.
   config.optimizer.schedule = "constant"
   config.optimizer.warmup_epochs = 0.0
-  config.mixup.mixup_alpha = 0.8       # exercise the on-device RNG across a resume
+  config.task.mixup.mixup_alpha = 0.8       # exercise the on-device RNG across a resume
   config.batch_size = 16
   config.total_steps = 12
   config.log_every_steps = 1
