@@ -37,6 +37,7 @@ import numpy as np
 from swin_jax.convert import head_map
 from swin_jax.convert import keys as keys_lib
 from swin_jax.convert import resize
+from swin_jax.convert import swin_unet
 from swin_jax.convert.state_dict_io import StateDict, read_state_dict
 from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
@@ -99,7 +100,7 @@ class LoadReport:
 
 def per_block_twin(model: nn.Module) -> nn.Module:
   """``model`` with every Swin backbone built with ``scan_blocks=False`` (the official names)."""
-  if isinstance(model, SwinTransformer):
+  if isinstance(model, SwinTransformer) or swin_unet.is_swin_unet(model):
     return model.clone(scan_blocks=False) if model.scan_blocks else model
   updates = {}
   for field in dataclasses.fields(model):
@@ -113,6 +114,8 @@ def per_block_twin(model: nn.Module) -> nn.Module:
 
 def _example_images(model: nn.Module) -> jax.ShapeDtypeStruct:
   """One image of the (first) backbone's size: what ``model.init(rng, images)`` is given."""
+  if swin_unet.is_swin_unet(model):
+    return jax.ShapeDtypeStruct(swin_unet.example_images_shape(model), jnp.float32)
   backbones = find_backbones(model)
   if not backbones:
     raise ValueError(f"{type(model).__name__} holds no SwinTransformer (as itself or a field)")
@@ -282,6 +285,9 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
   sd = read_state_dict(source)
   for path, swin in backbones.items():
     sd = to_official_layout(sd, len(swin.depths), _key_prefix(path))
+  unet = model if swin_unet.is_swin_unet(model) else None
+  if unet:
+    sd = swin_unet.to_model_keys(sd)
 
   fallback_cache: list[dict[Path, Any]] = []
 
@@ -294,6 +300,8 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
         for path, swin in backbones.items():
           if swin.scan_blocks and scan_layout.is_scanned(scan_layout.get_subtree(tree, path)):
             tree = scan_layout.unstack_blocks_at(tree, path, swin.depths)
+        if unet:
+          tree = swin_unet.unstack_scanned(tree, unet)
       fallback_cache.append(flax.traverse_util.flatten_dict(tree))
     return fallback_cache[0]
 
@@ -357,6 +365,8 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
   for path, swin in backbones.items():
     if swin.scan_blocks:
       params = scan_layout.stack_blocks_at(params, path, swin.depths)
+  if unet and unet.scan_blocks:
+    params = swin_unet.stack_scanned(params, unet)
   return params, report
 
 
@@ -439,7 +449,16 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
   """
   if layout not in ("official", "timm"):
     raise ValueError(f"layout must be 'official' or 'timm', got {layout!r}")
-  if model.scan_blocks:
+  if swin_unet.is_swin_unet(model):
+    # Bare SwinTransformerSys keys; swin_unet.export_swin_unet_state_dict adds the prefix.
+    if layout != "official":
+      raise ValueError("Swin-Unet checkpoints have one layout; use layout='official'")
+    if include_buffers:
+      return swin_unet.export_swin_unet_state_dict(params, model, "", True, to_torch)
+    if model.scan_blocks:
+      return export_torch_state_dict(swin_unet.unstack_scanned(params, model),
+                                     model.clone(scan_blocks=False), to_torch=to_torch)
+  elif model.scan_blocks:
     if not scan_layout.is_scanned(params):
       raise CheckpointMismatchError(
           "the model has scan_blocks=True but the params are per block (layers_i/blocks_j); "

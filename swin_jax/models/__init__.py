@@ -2,5 +2,6 @@
 
 from swin_jax.models.registry import create_model, list_models, model_config
 from swin_jax.models.swin import SwinTransformer
+from swin_jax.models.swin_unet import SwinUnet
 
-__all__ = ["SwinTransformer", "create_model", "list_models", "model_config"]
+__all__ = ["SwinTransformer", "SwinUnet", "create_model", "list_models", "model_config"]

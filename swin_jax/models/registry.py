@@ -1,13 +1,16 @@
-"""Named Swin V1 and V2 variants (timm's names) with the official hyper-parameters."""
+"""Named Swin V1 and V2 variants (timm's names) and Swin-Unet, with the official
+hyper-parameters."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from swin_jax.models.swin import SwinTransformer
+from swin_jax.models.swin_unet import SwinUnet
 
 # name -> constructor fields. Depths/heads/dims/windows/drop-path from the official configs
 # (configs/swin/*.yaml); drop-path rates are those of the ImageNet-1K recipes.
@@ -68,6 +71,15 @@ MODEL_CONFIGS.update({
                                                drop_path_rate=0.2),
 })
 
+# Swin-Unet (HuCaoFighting/Swin-Unet, configs/swin_tiny_patch4_window7_224_lite.yaml):
+# depths 2 per stage (the yaml's decoder depths are unused), 9 Synapse classes.
+SWIN_UNET_CONFIGS: dict[str, dict[str, Any]] = {
+    "swin_unet_tiny_patch4_window7_224": dict(
+        embed_dim=96, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24), img_size=224,
+        window_size=7, num_classes=9, drop_path_rate=0.2),
+}
+MODEL_CONFIGS.update(SWIN_UNET_CONFIGS)
+
 ALIASES = {
     "swin_t": "swin_tiny_patch4_window7_224",
     "swin_s": "swin_small_patch4_window7_224",
@@ -93,13 +105,14 @@ def resolve_name(name: str) -> str:
 
 def model_class(name: str) -> type:
   """The Flax module class that ``create_model(name)`` builds."""
-  resolve_name(name)
+  if resolve_name(name) in SWIN_UNET_CONFIGS:
+    return SwinUnet
   return SwinTransformer
 
 
 def model_classes() -> list[type]:
   """Every model class in the registry (their fields are the possible overrides)."""
-  return [SwinTransformer]
+  return [SwinTransformer, SwinUnet]
 
 
 def constructor_fields(cls: type) -> dict[str, Any]:
@@ -126,8 +139,8 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
   return config
 
 
-def create_model(name: str, **overrides: Any) -> SwinTransformer:
-  """A Flax Linen ``SwinTransformer`` for ``name`` (see ``list_models()``).
+def create_model(name: str, **overrides: Any) -> nn.Module:
+  """A Flax Linen ``SwinTransformer`` (or ``SwinUnet``) for ``name`` (see ``list_models()``).
 
   Overrides are any constructor field, e.g. ``num_classes=21841``, ``img_size=384``,
   ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``,
