@@ -17,6 +17,7 @@ from tensorflow_datasets.core import file_adapters
 from swin_jax.data import demo_dataset
 from swin_jax.data import digit_scenes
 from swin_jax.data import imagenet22k  # noqa: F401  (registers the 'imagenet22k' builder)
+from swin_jax.data import synapse  # noqa: F401  (registers the 'synapse' builder)
 
 README_SECTION = 'README "Preparing ImageNet-1K and ImageNet-22K"'
 
