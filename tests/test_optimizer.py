@@ -361,3 +361,66 @@ def test_scanned_layer_decay_update_is_the_per_block_update_restacked(nested):
   for name, scale in expected.items():
     np.testing.assert_allclose(per_block[prefix + name], plain[prefix + name] * scale, rtol=1e-6)
   np.testing.assert_allclose(per_block["head/kernel"], plain["head/kernel"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# SGD + poly (Swin-Unet's trainer.py).
+
+
+def test_poly_schedule_is_the_official_formula_per_update():
+  config = make_config(schedule="poly", poly_power=0.9, warmup_epochs=0.0, base_lr=0.05,
+                       reference_batch_size=24)
+  config.batch_size = 24
+  total = 150 * 93   # 150 epochs of 2211 slices at batch 24
+  schedule = opt_lib.learning_rate_schedule(config.optimizer, 24, total, 93)
+  for t in (0, 1, 92, 5000, total - 1, total):
+    assert schedule(t) == pytest.approx(0.05 * (1.0 - t / total) ** 0.9, rel=1e-12, abs=0)
+  assert schedule(total + 10) == 0.0
+  # Traced (float32) counts give the same values.
+  np.testing.assert_allclose(jax.jit(schedule)(jnp.arange(0, total, 997)),
+                             [schedule(t) for t in range(0, total, 997)], rtol=1e-5)
+  # With warmup, the poly decay runs over the updates after it.
+  config.optimizer.update(dict(warmup_epochs=1.0, warmup_lr=0.0))
+  schedule = opt_lib.learning_rate_schedule(config.optimizer, 24, 1000, 100)
+  assert schedule(50) == pytest.approx(0.025)
+  assert schedule(100) == pytest.approx(0.05)
+  assert schedule(550) == pytest.approx(0.05 * 0.5 ** 0.9)
+
+
+def test_unknown_optimizer_name_is_rejected():
+  with pytest.raises(ValueError, match="optimizer.name"):
+    opt_lib.make_optimizer(make_config(name="lamb"), total_steps=10, steps_per_epoch=5)
+
+
+def test_three_sgd_updates_match_torch_sgd_with_coupled_weight_decay():
+  """torch.optim.SGD(momentum=0.9, weight_decay=1e-4) stepped with the poly lr; every param
+  decays (Swin-Unet: ``SGD(model.parameters(), ...)``), biases included."""
+  import torch
+  config = make_config(name="sgd", momentum=0.9, weight_decay=1e-4, schedule="poly",
+                       poly_power=0.9, warmup_epochs=0.0, base_lr=0.05,
+                       reference_batch_size=512, clip_grad_norm=0.0,
+                       no_decay_1d_and_bias=False, no_decay_keywords=())
+  tx, schedule = opt_lib.make_optimizer(config, total_steps=6, steps_per_epoch=3)
+  rng = np.random.default_rng(4)
+  values = {"fc": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))}}
+  values = jax.tree.map(lambda x: x.astype(np.float32), values)
+  grads = [jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), values)
+           for _ in range(3)]
+
+  torch_params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in values["fc"].items()}
+  torch_opt = torch.optim.SGD(list(torch_params.values()), lr=schedule(0), momentum=0.9,
+                              weight_decay=1e-4)
+  params = jax.tree.map(jnp.asarray, values)
+  state = tx.init(params)
+  for t, g in enumerate(grads):
+    for group in torch_opt.param_groups:
+      group["lr"] = schedule(t)
+    for k, p in torch_params.items():
+      p.grad = torch.tensor(g["fc"][k])
+    torch_opt.step()
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+    params = optax.apply_updates(params, updates)
+  for k, p in torch_params.items():
+    np.testing.assert_allclose(params["fc"][k], p.detach().numpy(), atol=1e-6, rtol=0)
+  # The lr really moved between the updates (poly), and decay reached the bias.
+  assert schedule(0) > schedule(1) > schedule(2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import data_fakes
-from swin_jax.data import demo_dataset, sources
+from swin_jax.data import demo_dataset, digit_scenes, sources
 from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
@@ -34,11 +34,13 @@ def load_config(path):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  """Real demo digits, a fake imagenet2012 (1000 classes) and a fake imagenet22k."""
+  """Real demo digits, a fake imagenet2012 (1000 classes), a fake imagenet22k and a fake
+  Synapse (32 px slices); digit scenes build themselves on first use."""
   path = str(tmp_path_factory.mktemp("tfds"))
   demo_dataset.ensure_demo_dataset(path)
   data_fakes.build_fake_imagenet(path, num_examples=16, eval_examples=8, num_classes=1000)
   data_fakes.build_fake_imagenet22k(path, num_classes=3, train_per_class=4)
+  data_fakes.build_fake_synapse(path, train_slices=8, size=32)
   return path
 
 
@@ -68,11 +70,19 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
   config.eval_every_steps = 0
   if config.dataset.name == demo_dataset.DEMO_DATASET:
     config.dataset.eval_split = "test[:8]"
+  if digit_scenes.is_digit_scenes(config.dataset.name):  # a few scenes of the same size
+    size = digit_scenes.parse_dataset_name(config.dataset.name)["size"]
+    config.dataset.name = digit_scenes.dataset_name(size, num_train=16, num_test=8)
+  if config.dataset.name == "synapse":
+    config.task.label_size = 32                 # the fake volumes' slice size
   result = loop.train_and_evaluate(config, str(tmp_path))
-  logits_classes = result.state.params["head"]["bias"].shape[0]
-  assert logits_classes == config.dataset.num_classes
   assert np.isfinite(result.metrics["train/loss"])
-  assert 0.0 <= result.metrics["eval/top1"] <= 1.0
+  if config.task.name == "segmentation":
+    assert result.state.params["output"]["kernel"].shape[-1] == config.dataset.num_classes
+    assert 0.0 <= result.metrics["eval/mean_dice"] <= 1.0
+  else:
+    assert result.state.params["head"]["bias"].shape[0] == config.dataset.num_classes
+    assert 0.0 <= result.metrics["eval/top1"] <= 1.0
   assert [s for s, _ in train_losses(str(tmp_path))] == [1, 2]
   assert checkpoint_lib.Checkpointer(str(tmp_path)).latest_step() == 2
 

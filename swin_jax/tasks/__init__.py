@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from swin_jax.tasks.base import Evaluator, SumEvaluator, Task
 from swin_jax.tasks.classification import ClassificationTask
+from swin_jax.tasks.segmentation import SegmentationTask
 
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.name: ClassificationTask,
+    SegmentationTask.name: SegmentationTask,
 }
 
 
@@ -25,5 +27,5 @@ def get_task(config) -> Task:
   return task_class(config.task.name)(config)
 
 
-__all__ = ["ClassificationTask", "Evaluator", "SumEvaluator", "TASKS", "Task", "get_task",
-           "task_class"]
+__all__ = ["ClassificationTask", "Evaluator", "SegmentationTask", "SumEvaluator", "TASKS",
+           "Task", "get_task", "task_class"]

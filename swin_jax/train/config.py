@@ -81,6 +81,7 @@ def base_config(task: str = "classification") -> ConfigDict:
       read_threads=8,                # threads per process reading/augmenting; prefetch 2x
   ))
   c.optimizer = ConfigDict(dict(
+      name="adamw",                  # 'adamw' | 'sgd' (torch SGD: coupled L2, momentum)
       # Learning rates are given per `reference_batch_size` images and scaled linearly to
       # batch_size * grad_accum_steps, like the official code (base values per 512).
       base_lr=5e-4,
@@ -88,11 +89,13 @@ def base_config(task: str = "classification") -> ConfigDict:
       min_lr=5e-6,
       reference_batch_size=512,
       warmup_epochs=20.0,
-      schedule="cosine",             # 'cosine' | 'linear' | 'constant' (after warmup)
+      schedule="cosine",             # 'cosine' | 'linear' | 'constant' | 'poly' (after warmup)
+      poly_power=0.9,                # 'poly': lr * (1 - t / T) ** poly_power
       weight_decay=0.05,
       b1=0.9,
       b2=0.999,
       eps=1e-8,
+      momentum=0.9,                  # SGD only (AdamW uses b1/b2)
       clip_grad_norm=5.0,            # 0 disables
       layer_decay=1.0,               # < 1: layer-wise lr decay (SimMIM fine-tuning)
       # Which params skip weight decay, by official (PyTorch) name, whatever the layout:

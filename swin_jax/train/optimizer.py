@@ -1,4 +1,4 @@
-"""The official Swin optimizer recipe in optax: AdamW, no-decay mask, schedule, clipping.
+"""The official Swin optimizer recipe in optax: AdamW (or SGD), no-decay mask, schedule, clipping.
 
     tx, schedule = make_optimizer(config, total_steps, steps_per_epoch)
     opt_state = tx.init(params)
@@ -13,7 +13,10 @@ Pieces, each matching the official code (``microsoft/Swin-Transformer``: ``main.
 - global-norm clipping, then AdamW whose decoupled weight decay skips, by official param
   name (``config.optimizer.no_decay_1d_and_bias`` / ``no_decay_keywords``), 1-D params,
   biases, position tables and the V2 ``cpb_mlp``/``logit_scale``;
-- optional layer-wise lr decay (SimMIM fine-tuning) and gradient accumulation.
+- optional layer-wise lr decay (SimMIM fine-tuning) and gradient accumulation;
+- ``optimizer.name='sgd'``: torch ``SGD(momentum, weight_decay)`` with the poly schedule, as
+  Swin-Unet's ``trainer.py`` trains (coupled L2 decay added to the gradient, masked by the
+  same decay rule, then ``buf = m * buf + g``, ``p -= lr * buf``).
 
 The decay and layer-decay rules work on the official names of the params
 (``param_names``), so they give the same answer for the per-block and the scanned
@@ -48,7 +51,8 @@ PyTree = Any
 NO_DECAY_KEYWORDS = ("absolute_pos_embed", "relative_position_bias_table", "cpb_mlp",
                      "logit_scale", "mask_token")
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "poly")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 # ----------------------------------------------------------------------------------------
@@ -79,7 +83,11 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
     cosine:   ``min_lr + 0.5 * (lr - min_lr) * (1 + cos(pi * u / T))`` for ``u < T``, and
               ``min_lr`` from ``u = T`` on (timm ``cycle_limit=1``: no restart);
     linear:   ``lr - (lr - min_lr) * min(u / T, 1)``;
-    constant: ``lr``.
+    constant: ``lr``;
+    poly:     ``lr * max(1 - u / T, 0) ** poly_power`` (Swin-Unet ``trainer.py``; ``min_lr``
+              unused). The official loop sets the lr after each step from the finished
+              iteration count, so its update ``t >= 1`` runs at ``(1 - (t - 1) / T)``: one
+              update behind this formula, a difference of under ``power / T`` relative.
 
   Python/numpy counts are evaluated in float64 (exact values for logging and tests);
   traced counts (inside jit, as optax calls it) in float32.
@@ -97,6 +105,7 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
     warmup = total_updates // 2
   decay = total_updates - warmup
   kind = opt_cfg.schedule
+  poly_power = float(opt_cfg.get("poly_power", 0.9))
   # timm: warmup_steps = (lr - warmup_lr_init) / warmup_t, then warmup_lr_init + t * step.
   warmup_slope = (lr - warmup_lr) / warmup if warmup else 0.0
 
@@ -111,6 +120,8 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
       after = xp.where(u >= decay, min_lr, after)
     elif kind == "linear":
       after = lr - (lr - min_lr) * xp.minimum(u / decay, 1.0)
+    elif kind == "poly":
+      after = lr * xp.maximum(1.0 - u / decay, 0.0) ** poly_power
     else:
       after = xp.full_like(t, lr)
     value = xp.where(t < warmup, warmup_lr + t * warmup_slope, after)
@@ -306,6 +317,9 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   ``total_steps // k`` updates; ``schedule(batch_step)`` gives the lr for logging.
   """
   opt = config.optimizer
+  name = opt.get("name", "adamw")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name {name!r} is not one of {OPTIMIZERS}")
   k = int(opt.grad_accum_steps)
   if k < 1:
     raise ValueError(f"optimizer.grad_accum_steps must be >= 1, got {k}")
@@ -321,9 +335,17 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   if opt.clip_grad_norm > 0:
     parts.append(optax.clip_by_global_norm(opt.clip_grad_norm))
   rule = DecayRule.from_config(opt)
-  parts.append(optax.adamw(inner, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay,
-                           mask=lambda params: weight_decay_mask(params, rule)))
+  mask = lambda params: weight_decay_mask(params, rule)
+  if name == "sgd":
+    # torch.optim.SGD: d_p = g + wd * p (coupled L2, after any clipping, as torch clips
+    # .grad before step()), buf = m * buf + d_p (buf = d_p at the first step, which
+    # optax's zero-initialised trace gives), p -= lr * buf. No dampening, no Nesterov.
+    if opt.weight_decay:
+      parts.append(optax.add_decayed_weights(opt.weight_decay, mask=mask))
+    parts.append(optax.sgd(inner, momentum=opt.get("momentum", 0.9) or None))
+  else:
+    parts.append(optax.adamw(inner, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay, mask=mask))
   if opt.layer_decay < 1:
     parts.append(scale_by_layer_decay(opt.layer_decay))
   tx = optax.chain(*parts)
