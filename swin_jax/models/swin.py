@@ -294,9 +294,7 @@ class SwinTransformer(nn.Module):
 
   def block_geometry(self, stage: int, block: int) -> tuple[Pair, Pair]:
     """``(window, shift)`` of a block after the official clamp: odd blocks shift by half."""
-    window = window_ops.to_pair(self.window_size)
-    shift = (window[0] // 2, window[1] // 2) if block % 2 else (0, 0)
-    return window_ops.clamp_window(self.stage_resolutions()[stage], window, shift)
+    return window_ops.block_geometry(self.stage_resolutions()[stage], self.window_size, block)
 
   def pretrained_window(self, stage: int) -> Pair:
     """Stage ``stage``'s V2 pretraining window, ``(0, 0)`` for none."""

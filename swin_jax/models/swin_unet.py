@@ -123,10 +123,8 @@ class SwinUnet(nn.Module):
 
   def block_geometry(self, stage: int, block: int) -> tuple[Pair, Pair]:
     """``(window, shift)`` of block ``block`` at encoder stage ``stage``'s resolution: the
-    official clamp (``SwinTransformer.block_geometry``); odd blocks shift by half."""
-    window = window_ops.to_pair(self.window_size)
-    shift = (window[0] // 2, window[1] // 2) if block % 2 else (0, 0)
-    return window_ops.clamp_window(self.stage_resolutions()[stage], window, shift)
+    official clamp, as in ``SwinTransformer``; odd blocks shift by half."""
+    return window_ops.block_geometry(self.stage_resolutions()[stage], self.window_size, block)
 
   def _stage_kwargs(self, stage: int, drop_path_rates: Sequence[float]) -> dict[str, Any]:
     """SwinStage fields of the blocks at encoder stage ``stage``'s resolution and width."""

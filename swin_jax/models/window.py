@@ -137,6 +137,15 @@ def clamp_window(resolution: Pair, window: Pair, shift: Pair) -> tuple[Pair, Pai
   return new_window, new_shift
 
 
+def block_geometry(resolution: Pair, window_size: int | Sequence[int],
+                   block: int) -> tuple[Pair, Pair]:
+  """``(window, shift)`` of block ``block`` of a stage at ``resolution``: odd blocks shift by
+  half a window (SW-MSA), then the official ``clamp_window``."""
+  window = to_pair(window_size)
+  shift = (window[0] // 2, window[1] // 2) if block % 2 else (0, 0)
+  return clamp_window(resolution, window, shift)
+
+
 @functools.lru_cache(maxsize=None)
 def relative_coords_table(window: Pair, pretrained_window: Pair = (0, 0)) -> np.ndarray:
   """Swin V2's log-spaced relative coordinates, the input of the continuous position bias.

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from swin_jax.models import registry
+
 PyTree = Any
 Batch = dict[str, jax.Array]
 # loss, (scalar metrics, new model state)
@@ -131,6 +133,16 @@ class Task(abc.ABC):
   def post_update(self, state: Any) -> Any:
     """Runs after every optimizer update, inside the jitted step (e.g. EMA update)."""
     return state
+
+
+def create_model_for_classes(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+  """``config.model`` from the registry; a ValueError if it does not predict ``num_classes``."""
+  model = registry.create_model(config.model.name, **config.model.overrides)
+  if model.num_classes != num_classes:
+    raise ValueError(f"model {config.model.name} has {model.num_classes} classes but dataset "
+                     f"{config.dataset.name} has {num_classes}; set "
+                     "config.model.overrides.num_classes")
+  return model
 
 
 def apply_with_state(model: nn.Module, params: PyTree, model_state: PyTree, *args,

@@ -14,7 +14,6 @@ import ml_collections
 
 from swin_jax.data import mixup as mixup_lib
 from swin_jax.data import transforms
-from swin_jax.models import registry
 from swin_jax.tasks import base
 
 ConfigDict = ml_collections.ConfigDict
@@ -74,13 +73,7 @@ class ClassificationTask(base.Task):
     ))
 
   def build_model(self):
-    config = self.config
-    model = registry.create_model(config.model.name, **config.model.overrides)
-    if model.num_classes != config.dataset.num_classes:
-      raise ValueError(f"model {config.model.name} has {model.num_classes} classes but dataset "
-                       f"{config.dataset.name} has {config.dataset.num_classes}; set "
-                       "config.model.overrides.num_classes")
-    return model
+    return base.create_model_for_classes(self.config, self.config.dataset.num_classes)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     size = self.config.dataset.image_size

@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 
 from swin_jax.data import seg_transforms
-from swin_jax.models import registry
 from swin_jax.tasks import base
 
 ConfigDict = ml_collections.ConfigDict
@@ -162,14 +161,7 @@ class SegmentationTask(base.Task):
     return names
 
   def build_model(self):
-    config = self.config
-    overrides = {k: v for k, v in config.model.overrides.to_dict().items() if v is not None}
-    model = registry.create_model(config.model.name, **overrides)
-    if model.num_classes != self.num_classes:
-      raise ValueError(f"model {config.model.name} has {model.num_classes} classes but dataset "
-                       f"{config.dataset.name} has {self.num_classes}; set "
-                       "config.model.overrides.num_classes")
-    return model
+    return base.create_model_for_classes(self.config, self.num_classes)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
     size = self.config.dataset.image_size
