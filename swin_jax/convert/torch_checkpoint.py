@@ -38,6 +38,7 @@ from swin_jax.convert import head_map
 from swin_jax.convert import keys as keys_lib
 from swin_jax.convert import resize
 from swin_jax.convert import swin_unet
+from swin_jax.convert import upernet
 from swin_jax.convert.state_dict_io import StateDict, read_state_dict
 from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
@@ -406,8 +407,11 @@ def load_torch_variables(source: str | os.PathLike | Mapping[str, Any], model: n
 
   Keys are relative to the model's root: a Swin at ``params['backbone']`` reads
   ``backbone.patch_embed.proj.weight`` ... (official mmseg / mmdet checkpoints, weights under
-  ``'state_dict'``). Arguments as ``load_torch_checkpoint``.
+  ``'state_dict'``). Arguments as ``load_torch_checkpoint``. An ``UperNet`` also gets its
+  BatchNorm statistics, ``{'params': ..., 'batch_stats': ...}`` (see ``convert.upernet``).
   """
+  if upernet.is_upernet(model):
+    return upernet.load_upernet_variables(source, model, strict, fallback_params, label_space)
   params, _ = load_with_report(source, model, allow=() if strict else ALL_PROBLEMS,
                                fallback_params=fallback_params, label_space=label_space)
   return {"params": params}
@@ -427,7 +431,8 @@ def _buffers(model: SwinTransformer) -> StateDict:
       if model.version == 2:
         out[prefix + "attn.relative_coords_table"] = np.array(
             window_ops.relative_coords_table(window, model.pretrained_window(stage))[None])
-      if any(shift):
+      # The dense backbone builds its masks per forward pass: they are not buffers there.
+      if any(shift) and not model.dense_mode:
         padded = [r + window_ops.padding_to_multiple(r, w) for r, w in zip(resolution, window)]
         out[prefix + "attn_mask"] = np.array(window_ops.shift_mask(*padded, window, shift))
   return out
@@ -449,6 +454,11 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
   """
   if layout not in ("official", "timm"):
     raise ValueError(f"layout must be 'official' or 'timm', got {layout!r}")
+  if upernet.is_upernet(model):
+    # ``params`` may be the variables {'params', 'batch_stats'} (BN statistics exported too).
+    if layout != "official":
+      raise ValueError("UperNet checkpoints have one layout; use layout='official'")
+    return upernet.export_upernet_state_dict(params, model, include_buffers, to_torch)
   if swin_unet.is_swin_unet(model):
     # Bare SwinTransformerSys keys; swin_unet.export_swin_unet_state_dict adds the prefix.
     if layout != "official":

@@ -3,5 +3,7 @@
 from swin_jax.models.registry import create_model, list_models, model_config
 from swin_jax.models.swin import SwinTransformer
 from swin_jax.models.swin_unet import SwinUnet
+from swin_jax.models.upernet import UperNet
 
-__all__ = ["SwinTransformer", "SwinUnet", "create_model", "list_models", "model_config"]
+__all__ = ["SwinTransformer", "SwinUnet", "UperNet", "create_model", "list_models",
+           "model_config"]

@@ -1,4 +1,4 @@
-"""Named Swin V1 and V2 variants (timm's names) and Swin-Unet, with the official
+"""Named Swin V1 and V2 variants (timm's names), Swin-Unet and UperNet, with the official
 hyper-parameters."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from swin_jax.models.swin import SwinTransformer
 from swin_jax.models.swin_unet import SwinUnet
+from swin_jax.models.upernet import UperNet
 
 # name -> constructor fields. Depths/heads/dims/windows/drop-path from the official configs
 # (configs/swin/*.yaml); drop-path rates are those of the ImageNet-1K recipes.
@@ -80,6 +81,22 @@ SWIN_UNET_CONFIGS: dict[str, dict[str, Any]] = {
 }
 MODEL_CONFIGS.update(SWIN_UNET_CONFIGS)
 
+# UperNet (Swin-Transformer-Semantic-Segmentation, configs/swin/upernet_swin_*_512x512_160k
+# _ade20k.py): the dense-mode backbone with stage norms, drop path 0.3 for T, S and B, 150
+# ADE20K classes. A config is flat: the UperNet fields (num_classes, channels, ...) go to the
+# heads, all others to the backbone (see ``create_model``).
+_UPERNET_BACKBONE = dict(img_size=512, window_size=7, drop_path_rate=0.3, dense_mode=True,
+                         feature_norm=True)
+UPERNET_CONFIGS: dict[str, dict[str, Any]] = {
+    "upernet_swin_tiny_patch4_window7_512": dict(**_TINY, **_UPERNET_BACKBONE,
+                                                 num_classes=150),
+    "upernet_swin_small_patch4_window7_512": dict(**_SMALL, **_UPERNET_BACKBONE,
+                                                  num_classes=150),
+    "upernet_swin_base_patch4_window7_512": dict(**_BASE, **_UPERNET_BACKBONE,
+                                                 num_classes=150),
+}
+MODEL_CONFIGS.update(UPERNET_CONFIGS)
+
 ALIASES = {
     "swin_t": "swin_tiny_patch4_window7_224",
     "swin_s": "swin_small_patch4_window7_224",
@@ -105,19 +122,33 @@ def resolve_name(name: str) -> str:
 
 def model_class(name: str) -> type:
   """The Flax module class that ``create_model(name)`` builds."""
-  if resolve_name(name) in SWIN_UNET_CONFIGS:
+  name = resolve_name(name)
+  if name in SWIN_UNET_CONFIGS:
     return SwinUnet
+  if name in UPERNET_CONFIGS:
+    return UperNet
   return SwinTransformer
 
 
 def model_classes() -> list[type]:
   """Every model class in the registry (their fields are the possible overrides)."""
-  return [SwinTransformer, SwinUnet]
+  return [SwinTransformer, SwinUnet, UperNet]
 
 
 def constructor_fields(cls: type) -> dict[str, Any]:
-  """``{field name: default}`` of a Flax module class, without Flax's own fields."""
-  return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
+  """``{field name: default}`` of a Flax module class, without Flax's own fields and without
+  required fields (a task model's ``backbone``, which is built, not overridden)."""
+  return {f.name: f.default for f in dataclasses.fields(cls)
+          if f.name not in ("parent", "name") and f.default is not dataclasses.MISSING}
+
+
+def override_fields(name: str) -> set[str]:
+  """The fields a config may set for ``name``: its class's, and for a model holding a Swin
+  backbone, the backbone's as well (one flat namespace)."""
+  fields = set(constructor_fields(model_class(name)))
+  if model_class(name) is UperNet:
+    fields |= set(constructor_fields(SwinTransformer))
+  return fields
 
 
 def model_config(name: str, **overrides: Any) -> dict[str, Any]:
@@ -127,7 +158,7 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
   """
   config = dict(MODEL_CONFIGS[resolve_name(name)])
   overrides = {k: v for k, v in overrides.items() if v is not None}
-  fields = set(constructor_fields(model_class(name)))
+  fields = override_fields(name)
   unknown = sorted(set(overrides) - fields)
   if unknown:
     raise ValueError(f"unknown override(s) {unknown} for {name}; valid fields: {sorted(fields)}")
@@ -140,10 +171,27 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-  """A Flax Linen ``SwinTransformer`` (or ``SwinUnet``) for ``name`` (see ``list_models()``).
+  """A Flax Linen ``SwinTransformer`` (or ``SwinUnet``, ``UperNet``) for ``name`` (see
+  ``list_models()``).
 
   Overrides are any constructor field, e.g. ``num_classes=21841``, ``img_size=384``,
   ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``,
-  ``pretrained_window_sizes=(8, 8, 8, 8)`` (V2).
+  ``pretrained_window_sizes=(8, 8, 8, 8)`` (V2). For UperNet, head fields (``num_classes``,
+  ``channels``, ``aux_channels``, ...) go to the heads and the others to its Swin backbone
+  (``dtype`` to both).
   """
-  return model_class(name)(**model_config(name, **overrides))
+  config = model_config(name, **overrides)
+  cls = model_class(name)
+  if cls is UperNet:
+    return _upernet(config)
+  return cls(**config)
+
+
+def _upernet(config: dict[str, Any]) -> UperNet:
+  """A flat UperNet config -> ``UperNet(backbone=SwinTransformer(...), heads...)``."""
+  head_fields = set(constructor_fields(UperNet))
+  head = {k: v for k, v in config.items() if k in head_fields}
+  swin = {k: v for k, v in config.items() if k not in head_fields or k == "dtype"}
+  # The backbone only gives features: no classifier (nor its final norm) is built.
+  backbone = SwinTransformer(**swin, num_classes=0)
+  return UperNet(backbone=backbone, **head)

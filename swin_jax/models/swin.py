@@ -22,6 +22,14 @@ Input sizes: the window clamp of each stage is fixed at construction from ``img_
 (as in the official code and timm); at run time any size that is a multiple of the patch
 size works: feature maps are zero-padded to the window (after the cyclic shift) and odd
 maps are padded before a merge, exactly like timm with ``strict_img_size=False``.
+
+``dense_mode=True`` runs the blocks as the official segmentation / detection backbone does
+(Swin-Transformer-Semantic-Segmentation, -Object-Detection; mmdet's ``SwinTransformer``):
+each block zero-pads its (normed) input to a window multiple *before* the cyclic shift, the
+-100 mask is built on that padded grid, the padded tokens take part as keys and values, and
+the window is never clamped nor the shift dropped on small maps. Where no padding is needed
+and no window is clamped (224, 448) both modes give the same numbers; elsewhere (512) they
+differ, so a dense checkpoint must run in dense mode.
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ class SwinTransformerBlock(nn.Module):
   LN1/LN2 initialised to zero (scale and bias), as the official ``_init_respostnorm``.
   ``window`` and ``shift`` are already clamped for this stage's resolution;
   ``pretrained_window`` (V2) normalises the continuous position bias' coordinates.
+  ``pad_before_shift``: pad to the window, then roll (the official dense backbone);
+  otherwise roll, then pad (timm and the classifier).
   """
   dim: int
   num_heads: int
@@ -86,6 +96,7 @@ class SwinTransformerBlock(nn.Module):
   pretrained_window: Pair = (0, 0)
   dtype: Dtype = jnp.float32
   attention_impl: str = "explicit"
+  pad_before_shift: bool = False
 
   def setup(self):
     if self.version == 1:
@@ -107,21 +118,27 @@ class SwinTransformerBlock(nn.Module):
     """Shift, pad to the window, attend per window, then undo all three. ``(B, H, W, C)``."""
     _, h, w, c = x.shape
     shifted = any(self.shift)
-    if shifted:
-      x = window_ops.cyclic_shift(x, self.shift)
-    # Padding comes after the roll and is cropped before the un-roll (timm's order).
     pad_h = window_ops.padding_to_multiple(h, self.window[0])
     pad_w = window_ops.padding_to_multiple(w, self.window[1])
-    x = window_ops.pad_bottom_right(x, pad_h, pad_w)
     hp, wp = h + pad_h, w + pad_w
+    # timm pads after the roll and crops before the un-roll; the official dense backbone
+    # rolls the padded map, so its zero rows wrap round to the top-left with the rest.
+    if self.pad_before_shift:
+      x = window_ops.pad_bottom_right(x, pad_h, pad_w)
+    if shifted:
+      x = window_ops.cyclic_shift(x, self.shift)
+    if not self.pad_before_shift:
+      x = window_ops.pad_bottom_right(x, pad_h, pad_w)
     mask = window_ops.shift_mask(hp, wp, self.window, self.shift) if shifted else None
     num_windows = (hp // self.window[0]) * (wp // self.window[1])
     windows = window_ops.window_partition(x, self.window)
     windows = self.attn(windows, mask, num_windows, train)
-    x = window_ops.window_reverse(windows, self.window, hp, wp)[:, :h, :w, :]
-    if shifted:
-      x = window_ops.reverse_cyclic_shift(x, self.shift)
-    return x
+    x = window_ops.window_reverse(windows, self.window, hp, wp)
+    if self.pad_before_shift:
+      x = window_ops.reverse_cyclic_shift(x, self.shift) if shifted else x
+      return x[:, :h, :w, :]
+    x = x[:, :h, :w, :]
+    return window_ops.reverse_cyclic_shift(x, self.shift) if shifted else x
 
   def __call__(self, x: jnp.ndarray, train: bool = False,
                drop_path_rate: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -159,7 +176,8 @@ class SwinStage(nn.Module):
   ``windows[j]`` / ``shifts[j]`` give block j's (clamped) window and shift;
   ``pretrained_window`` is the stage's V2 pretraining window ((0, 0): none).
   ``scan_blocks``, ``remat``, ``attention_impl``: the performance options of
-  ``SwinTransformer`` (same numbers either way).
+  ``SwinTransformer`` (same numbers either way). ``pad_before_shift``: the blocks' padding
+  order (``SwinTransformer.dense_mode``).
   Returns ``(features, output)``: the blocks' output ``(B, H, W, C)`` (what dense heads use)
   and the merged map ``(B, H/2, W/2, 2C)`` (or the features again for the last stage).
   """
@@ -180,13 +198,14 @@ class SwinStage(nn.Module):
   scan_blocks: bool = False
   remat: str = "none"
   attention_impl: str = "explicit"
+  pad_before_shift: bool = False
 
   def setup(self):
     block_kwargs = dict(
         dim=self.dim, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
         qkv_bias=self.qkv_bias, drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
         version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype,
-        attention_impl=self.attention_impl)
+        attention_impl=self.attention_impl, pad_before_shift=self.pad_before_shift)
     if self.scan_blocks:
       self._check_scannable()
       # Params and sown intermediates get a leading (depth // 2) axis; one compiled loop
@@ -263,6 +282,9 @@ class SwinTransformer(nn.Module):
   # LayerNorm each stage output in ``features()`` (params ``norm0..norm3``, the official
   # detection/segmentation backbone's names).
   feature_norm: bool = False
+  # Run the blocks as the official segmentation/detection backbone: pad before the shift,
+  # mask on the padded grid, no window clamp (see the module docstring).
+  dense_mode: bool = False
   version: int = 1
   pretrained_window_sizes: Sequence[int | Sequence[int]] = (0, 0, 0, 0)
   dtype: Dtype = jnp.float32
@@ -293,8 +315,10 @@ class SwinTransformer(nn.Module):
     return [(-(-gh // 2**i), -(-gw // 2**i)) for i in range(len(self.depths))]
 
   def block_geometry(self, stage: int, block: int) -> tuple[Pair, Pair]:
-    """``(window, shift)`` of a block after the official clamp: odd blocks shift by half."""
-    return window_ops.block_geometry(self.stage_resolutions()[stage], self.window_size, block)
+    """``(window, shift)`` of a block after the official clamp: odd blocks shift by half.
+    In ``dense_mode`` nothing is clamped."""
+    return window_ops.block_geometry(self.stage_resolutions()[stage], self.window_size, block,
+                                     clamp=not self.dense_mode)
 
   def pretrained_window(self, stage: int) -> Pair:
     """Stage ``stage``'s V2 pretraining window, ``(0, 0)`` for none."""
@@ -342,7 +366,7 @@ class SwinTransformer(nn.Module):
           attn_drop_rate=self.attn_drop_rate, version=self.version,
           pretrained_window=self.pretrained_window(i), dtype=self.dtype,
           scan_blocks=self.scan_blocks, remat=self.remat,
-          attention_impl=self.attention_impl))
+          attention_impl=self.attention_impl, pad_before_shift=self.dense_mode))
     self.layers = stages
     if self.feature_norm:
       for i in range(num_stages):

@@ -137,12 +137,18 @@ def clamp_window(resolution: Pair, window: Pair, shift: Pair) -> tuple[Pair, Pai
   return new_window, new_shift
 
 
-def block_geometry(resolution: Pair, window_size: int | Sequence[int],
-                   block: int) -> tuple[Pair, Pair]:
+def block_geometry(resolution: Pair, window_size: int | Sequence[int], block: int,
+                   clamp: bool = True) -> tuple[Pair, Pair]:
   """``(window, shift)`` of block ``block`` of a stage at ``resolution``: odd blocks shift by
-  half a window (SW-MSA), then the official ``clamp_window``."""
+  half a window (SW-MSA), then the official ``clamp_window``.
+
+  ``clamp=False`` is the official segmentation/detection backbone, which never clamps (small
+  maps are padded up to one window instead); ``resolution`` is then unused.
+  """
   window = to_pair(window_size)
   shift = (window[0] // 2, window[1] // 2) if block % 2 else (0, 0)
+  if not clamp:
+    return window, shift
   return clamp_window(resolution, window, shift)
 
 
