@@ -1,49 +1,124 @@
-"""Classify one image with a Swin model and print the top classes.
+"""Predict on one image: the top classes of a classifier, or a segmentation model's mask.
 
   python -m swin_jax.predict --model swin_tiny_patch4_window7_224 \
       --checkpoint swin_tiny_patch4_window7_224.pth --image cat.jpg
   python -m swin_jax.predict --model swin_t --image chelsea     # random weights: a smoke run
+  python -m swin_jax.predict --checkpoint runs/unet_demo --image scene.png \
+      [--overlay scene_mask.png --alpha 0.5]                     # a segmentation run
 
-``--checkpoint`` is a PyTorch file (official/timm) or a directory written by
-``python -m swin_jax.convert``. Without one the model keeps random weights and the
+``--checkpoint`` is a PyTorch file (official/timm/Swin-Unet), a directory written by
+``python -m swin_jax.convert``, or a swin_jax training run directory (``config.json`` and
+``checkpoints/``; its latest checkpoint, its own model, class names and input
+normalisation; ``--model`` is ignored). Without one the model keeps random weights and the
 classes mean nothing (the run still shows shapes, parameter count and timings).
+
+What is predicted follows the model's output: ``(B, classes)`` logits print the top classes;
+``(B, H, W, classes)`` logits (Swin-Unet) write ``--overlay``, a PNG of the input at its own
+size with each pixel's predicted class blended in a fixed colour per class (class 0, the
+background, left transparent), and print the colour and pixel share of every predicted
+class. A segmentation input is resized to the model's ``img_size`` (bicubic, as the
+training transforms zoom), and the predicted mask back to the input's size (nearest).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
+from typing import Any
 
 from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from swin_jax import cli
 from swin_jax.convert import params_dir
 from swin_jax.convert.torch_checkpoint import init_params, load_torch_checkpoint
 from swin_jax.data import class_names, images
 from swin_jax.models import registry
+from swin_jax.models import window as window_ops
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "swin_tiny_patch4_window7_224",
                     f"Model name, one of: {', '.join(registry.list_models())}.")
-flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint or converted-params directory.")
+flags.DEFINE_string("checkpoint", None, "PyTorch checkpoint, converted-params directory or "
+                    "training run directory.")
 flags.DEFINE_string("image", "chelsea", "Image path, or a bundled scikit-image name "
                     f"({', '.join(images.BUNDLED_IMAGES)}).")
 flags.DEFINE_integer("num_classes", None, "Override the head size (e.g. 21841 for 22K).")
 flags.DEFINE_integer("top", 5, "How many classes to print.")
+flags.DEFINE_string("overlay", None, "Segmentation models: the PNG to write (default "
+                    "<image name>_segmentation.png in the current directory).")
+flags.DEFINE_float("alpha", 0.5, "Segmentation overlay: opacity of the class colours, 0..1.")
+flags.DEFINE_enum("normalize", None, ["imagenet", "none"], "Segmentation input: ImageNet "
+                  "mean/std after scaling to [0, 1], or [0, 1] only. Default: what the "
+                  "run trained with; 'imagenet' for other checkpoints.")
+
+# Datasets whose images are floats in [0, 1] that training feeds as they are (task.normalize
+# 'auto'): a PNG of such an image is scaled to [0, 1] only.
+FLOAT_IMAGE_DATASETS = ("synapse",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+  """A model, its params, and what is known of where they came from."""
+  model: Any
+  params: Any
+  source: str                          # for the printout
+  name: str                            # registry name
+  run_config: dict | None = None       # a training run's config.json
+
+
+def is_run_dir(path: str | None) -> bool:
+  from swin_jax.train import init_from  # pylint: disable=import-outside-toplevel
+  return bool(path) and os.path.isfile(os.path.join(path, init_from.RUN_CONFIG_FILE))
+
+
+def load(name: str, checkpoint: str | None, **overrides) -> Loaded:
+  """The model and params of a run dir, a converted dir, a PyTorch file, or a random init."""
+  if is_run_dir(checkpoint):
+    from swin_jax.train import init_from  # pylint: disable=import-outside-toplevel
+    model, params = init_from.latest_run_params(checkpoint)
+    with open(os.path.join(checkpoint, init_from.RUN_CONFIG_FILE)) as f:
+      config = json.load(f)
+    return Loaded(model, params, f"training run {checkpoint} (latest checkpoint)",
+                  config["model"]["name"], config)
+  if checkpoint and os.path.isdir(checkpoint):
+    model, params = params_dir.load_params_dir(checkpoint)
+    with open(os.path.join(checkpoint, params_dir.MODEL_FILE)) as f:
+      return Loaded(model, params, checkpoint, json.load(f)["model"])
+  name = registry.resolve_name(name)
+  model = registry.create_model(name, **overrides)
+  if checkpoint:
+    return Loaded(model, _load_file(checkpoint, model), checkpoint, name)
+  return Loaded(model, init_params(model), "random init (no --checkpoint: classes are "
+                "meaningless)", name)
+
+
+def _load_file(path: str, model: Any) -> Any:
+  from swin_jax.convert import swin_unet  # pylint: disable=import-outside-toplevel
+  if swin_unet.is_swin_unet(model):
+    return swin_unet.load_swin_unet(path, model)[0]  # tables resized to the model's window
+  return load_torch_checkpoint(path, model)
 
 
 def load_model_and_params(name: str, checkpoint: str | None, **overrides):
-  """``(model, params, source)``: from a converted dir, a PyTorch file, or a random init."""
-  if checkpoint and os.path.isdir(checkpoint):
-    model, params = params_dir.load_params_dir(checkpoint)
-    return model, params, checkpoint
-  model = registry.create_model(name, **overrides)
-  if checkpoint:
-    return model, load_torch_checkpoint(checkpoint, model), checkpoint
-  return model, init_params(model), "random init (no --checkpoint: classes are meaningless)"
+  """``(model, params, source)``: from a run dir, a converted dir, a PyTorch file, or a
+  random init."""
+  loaded = load(name, checkpoint, **overrides)
+  return loaded.model, loaded.params, loaded.source
+
+
+def load_input_image(path_or_name: str) -> Image.Image:
+  """An RGB PIL image; a file PIL cannot read is a ValueError naming it."""
+  try:
+    return images.load_image(path_or_name)
+  except UnidentifiedImageError as e:
+    raise ValueError(f"{path_or_name} is not an image file that PIL can read "
+                     "(PNG, JPEG, BMP, TIFF, ...)") from e
 
 
 def top_classes(logits: np.ndarray, k: int) -> list[tuple[int, str, float]]:
@@ -54,37 +129,138 @@ def top_classes(logits: np.ndarray, k: int) -> list[tuple[int, str, float]]:
   return [(int(i), names[i], float(probs[i])) for i in order]
 
 
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  overrides = {"num_classes": FLAGS.num_classes} if FLAGS.num_classes else {}
-  image = images.load_image(FLAGS.image)  # before the weights: a wrong path fails at once
-  model, params, source = load_model_and_params(FLAGS.model, FLAGS.checkpoint, **overrides)
-  size = model.img_size if isinstance(model.img_size, int) else model.img_size[0]
-  pixels = images.eval_transform(image, size, crop=size < 384)
-  batch = jnp.asarray(pixels[None])
-  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+# ----------------------------------------------------------------------------------------
+# Segmentation.
 
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+
+def segmentation_normalization(run_config: dict | None) -> str:
+  """``'imagenet'`` or ``'none'`` for an 8-bit image file, as the run's training fed its
+  images: ``task.normalize``, where ``'auto'`` means ImageNet mean/std for uint8 datasets and
+  nothing for the float ones (``FLOAT_IMAGE_DATASETS``)."""
+  if not run_config:
+    return "imagenet"
+  normalize = run_config.get("task", {}).get("normalize", "auto")
+  if normalize != "auto":
+    return normalize
+  dataset = str(run_config.get("dataset", {}).get("name", ""))
+  return "none" if dataset.split("/")[0] in FLOAT_IMAGE_DATASETS else "imagenet"
+
+
+def segmentation_input(image: Image.Image, hw: tuple[int, int], normalize: str) -> np.ndarray:
+  """An RGB image -> the model input ``(h, w, 3)`` float32: bicubic zoom to ``hw`` (scipy,
+  as ``seg_transforms``), scaled to [0, 1], then ``normalize`` (``'imagenet'``/``'none'``)."""
+  from scipy import ndimage  # pylint: disable=import-outside-toplevel
+
+  from swin_jax.data import seg_transforms  # pylint: disable=import-outside-toplevel
+  pixels = np.asarray(image, np.float32)
+  if pixels.shape[:2] != tuple(hw):
+    factors = (hw[0] / pixels.shape[0], hw[1] / pixels.shape[1], 1)
+    pixels = ndimage.zoom(pixels, factors, order=3)
+    pixels = np.clip(pixels[:hw[0], :hw[1]], 0, 255)  # cubic overshoot: keep 8-bit range
+  return seg_transforms.to_rgb_input(pixels, np.uint8, normalize)
+
+
+def segmentation_class_names(run_config: dict | None, num_classes: int) -> list[str]:
+  """The run's ``task.class_names``, else ``background, class 1, class 2, ...``."""
+  names = list((run_config or {}).get("task", {}).get("class_names") or ())
+  if len(names) == num_classes:
+    return [str(n) for n in names]
+  return ["background"] + [f"class {k}" for k in range(1, num_classes)]
+
+
+def default_overlay_path(image: str) -> str:
+  stem = os.path.splitext(os.path.basename(image))[0] or "image"
+  return f"{stem}_segmentation.png"
+
+
+def write_overlay(image: Image.Image, labels: np.ndarray, colors: np.ndarray, path: str,
+                  alpha: float) -> np.ndarray:
+  """Writes ``image`` with ``labels`` ``(h, w)`` (resized to the image, nearest) blended in
+  ``colors`` ``(K, 3)``, as a PNG at the image's size; returns the written ``(H, W, 3)``."""
+  from swin_jax.visualize import overlay  # pylint: disable=import-outside-toplevel
+  pixels = np.asarray(image.convert("RGB"), np.uint8)
+  shown = overlay.blend(pixels, overlay.upsample_labels(labels, pixels.shape[:2]), colors,
+                        alpha)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(shown).save(path, format="PNG")
+  return shown
+
+
+def _predict_segmentation(loaded: Loaded, image: Image.Image, compiled, hw, times) -> None:
+  from swin_jax.visualize import overlay  # pylint: disable=import-outside-toplevel
+  normalize = FLAGS.normalize or segmentation_normalization(loaded.run_config)
+  pixels = segmentation_input(image, hw, normalize)
   start = time.perf_counter()
-  compiled = forward.lower(params, batch).compile()
-  compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  logits = np.asarray(compiled(params, batch))[0]
+  logits = np.asarray(compiled(loaded.params, jnp.asarray(pixels[None])))[0]
   run_s = time.perf_counter() - start
+  labels = np.argmax(logits, axis=-1)
+  num_classes = logits.shape[-1]
+  colors = overlay.class_colors(num_classes)
+  path = FLAGS.overlay or default_overlay_path(FLAGS.image)
+  write_overlay(image, labels, colors, path, FLAGS.alpha)
+  names = segmentation_class_names(loaded.run_config, num_classes)
+  print(f"input      {image.width}x{image.height} image -> {hw[0]}x{hw[1]} model input "
+        f"({normalize} normalisation)")
+  print(f"logits     {logits.shape} (H, W, classes); compile {times['compile']:.2f} s, "
+        f"forward {run_s:.3f} s")
+  print(f"overlay    wrote {path} ({image.width}x{image.height}, alpha {FLAGS.alpha}; "
+        "background transparent)")
+  print(f"classes    pixel share of the {hw[0]}x{hw[1]} prediction:")
+  for line in overlay.legend_lines(labels, colors, names):
+    print(line)
 
-  print(f"model      {FLAGS.model} (window {model.window_size}, "
-        f"{num_params:,} params)")
-  print(f"weights    {source}")
+
+# ----------------------------------------------------------------------------------------
+# The command.
+
+
+def _predict_classes(loaded: Loaded, image: Image.Image, compiled, size: int, times) -> None:
+  crop = size < 384
+  if loaded.run_config:  # the run's own eval geometry
+    crop = bool(loaded.run_config.get("dataset", {}).get("eval_crop", crop))
+  batch = jnp.asarray(images.eval_transform(image, size, crop=crop)[None])
+  start = time.perf_counter()
+  logits = np.asarray(compiled(loaded.params, batch))[0]
+  run_s = time.perf_counter() - start
   print(f"image      {FLAGS.image} -> input {tuple(batch.shape)} (B, H, W, C) float32")
-  print(f"logits     {logits.shape[0]} classes; compile {compile_s:.2f} s, forward {run_s:.3f} s")
+  print(f"logits     {logits.shape[0]} classes; compile {times['compile']:.2f} s, "
+        f"forward {run_s:.3f} s")
   if logits.shape[0] == class_names.NUM_CLASSES_22K:
     print(f"note       22K names past head index ~{class_names.APPROXIMATE_22K_FROM} "
           "are approximate (official head order differs from fall11)")
   for rank, (index, name, prob) in enumerate(top_classes(logits, FLAGS.top), 1):
     print(f"  {rank}. {prob:7.2%}  [{index:5d}] {name}")
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if not 0.0 <= FLAGS.alpha <= 1.0:
+    raise app.UsageError(f"--alpha must be in [0, 1], got {FLAGS.alpha}")
+  overrides = {"num_classes": FLAGS.num_classes} if FLAGS.num_classes else {}
+  image = load_input_image(FLAGS.image)  # before the weights: a wrong path fails at once
+  loaded = load(FLAGS.model, FLAGS.checkpoint, **overrides)
+  model = loaded.model
+  hw = window_ops.to_pair(model.img_size)
+  num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(loaded.params))
+
+  # The output's rank says what the model predicts: (B, K) classes or (B, H, W, K) masks.
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+  start = time.perf_counter()
+  lowered = forward.lower(loaded.params, jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32))
+  compiled = lowered.compile()
+  times = {"compile": time.perf_counter() - start}
+  dense = lowered.out_info.ndim == 4
+
+  print(f"model      {loaded.name} (window {model.window_size}, {num_params:,} params, "
+        f"{'segmentation' if dense else 'classification'})")
+  print(f"weights    {loaded.source}")
+  if dense:
+    _predict_segmentation(loaded, image, compiled, hw, times)
+  else:
+    _predict_classes(loaded, image, compiled, hw[0], times)
 
 
 if __name__ == "__main__":

@@ -148,10 +148,48 @@ def test_timm_side_tiny():
   assert math.isfinite(res["train"]["final_loss"])
 
 
+# A two-stage Swin-Unet, built at 64 px and benched at 32 px through --img_size.
+UNET_TINY = dict(img_size=64, patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1, 2),
+                 window_size=4, num_classes=3, drop_path_rate=0.1)
+
+
+def test_swin_unet_row_measures_swin_jax_and_the_torch_reference(tmp_path, monkeypatch):
+  """``--vs torch`` on a Swin-Unet: both rows, the same network, the official train loss."""
+  pytest.importorskip("timm")
+  monkeypatch.setitem(registry.MODEL_CONFIGS, "bench_unet_tiny", UNET_TINY)
+  monkeypatch.setitem(registry.SWIN_UNET_CONFIGS, "bench_unet_tiny", UNET_TINY)
+  out = tmp_path / "bench.json"
+  rc = bench.main(["--model", "bench_unet_tiny", "--batch", "2", "--img_size", "32",
+                   "--repeats", "2", "--warmup", "0", "--vs", "torch", "--no_isolate",
+                   "--out", str(out)])
+  assert rc == 0
+  report = json.loads(out.read_text())
+  (row,) = report["results"]
+  jax_res, torch_res = row["swin_jax"], row["timm"]
+  assert "torch_swin_unet" in torch_res["reference"]
+  # The same network on both sides: same input size and parameter count.
+  assert jax_res["img_size"] == torch_res["img_size"] == [32, 32]
+  assert jax_res["num_params"] == torch_res["num_params"] > 0
+  for res in (jax_res, torch_res):
+    for phase in ("forward", "train"):
+      assert len(res[phase]["times_s"]) == 2 and res[phase]["img_per_s"] > 0
+    # 0.4 CE + 0.6 Dice on random masks of 3 classes: CE ~ ln 3 at init, Dice near 2/3.
+    assert 0.2 < res["train"]["final_loss"] < 3.0
+  assert row["ratio"]["forward"] == pytest.approx(
+      jax_res["forward"]["img_per_s"] / torch_res["forward"]["img_per_s"])
+  macs = jax_res["macs"]
+  assert macs["analytic_per_img"] is None and macs["matmul_forward_per_img"] > 0
+  assert macs["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
+  table = bench.format_table(report)
+  # The recipes' options: scanned encoder and decoder stages (their MACs from the twin).
+  assert "| bench_unet_tiny | 2 | float32 | scan, remat=dots_no_batch |" in table
+  assert "| bench_unet_tiny | 32x32 |" in table
+
+
 def test_cli_lists_and_no_tensorflow():
   args = bench.parse_args(["--model", "swin_t,swin_s", "--model", "swin_b", "--batch", "8,32"])
   assert args.models == ["swin_t", "swin_s", "swin_b"] and args.batches == [8, 32]
-  code = ("import sys, swin_jax.bench, swin_jax.train.step; "
+  code = ("import sys, swin_jax.bench, swin_jax.train.step, swin_jax.oracles.torch_swin_unet; "
           "bad = [m for m in ('tensorflow', 'torch', 'timm') if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)

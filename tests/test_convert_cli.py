@@ -3,6 +3,11 @@
 The checkpoint is a timm ``swin_tiny_patch4_window7_224`` (built at 64x64 with 10 classes)
 filled with random values and saved in the official layout (``{'model': sd, ...}``).
 Subprocesses run two at a time to keep the import overhead down.
+
+Swin-Unet: an official checkpoint of the PyTorch reference (random weights) converts, exports
+back as the official trainer saves it, resizes its tables for another window, and starts a
+segmentation run (``python -m swin_jax.main``, ``init_from``); an ImageNet Swin starts one
+through the official ``load_from`` mirroring.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import os
 import subprocess
 import sys
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,9 +25,14 @@ import timm
 import torch
 
 import swin_jax
+import torch_oracle
 from torch_oracle import timm_to_official
+from train_runs import REPO
 from swin_jax.convert import load_torch_checkpoint
+from swin_jax.convert import swin_unet as swin_unet_convert
 from swin_jax.convert.params_dir import load_params_dir
+from swin_jax.oracles import torch_swin_unet
+from swin_jax.train import init_from
 
 MODEL = "swin_tiny_patch4_window7_224"
 OVERRIDES = ["--img_size", "64", "--num_classes", "10"]
@@ -172,3 +183,199 @@ def test_label_space_flag_maps_a_22k_head_by_fall11_synset(cli):
   np.testing.assert_array_equal(bias[rows], b22k[index[rows]])
   # Teddy bear (not a fall11 synset) keeps the model's fresh init: trunc_normal(0.02), 0.
   assert bias[850] == 0 and 0.015 < kernel[:, 850].std() < 0.025
+
+
+# ----------------------------------------------------------------------------------------
+# Swin-Unet: official checkpoints -> params dir -> a segmentation run's init_from, the
+# official load_from from an ImageNet Swin, and the bias-table resize of another window.
+
+UNET_NAME = "swin_unet_tiny_patch4_window7_224"
+# Four stages (the official load_from mirrors layers.i -> layers_up.(3-i)) at 32 px: maps
+# 8, 4, 2, 1, so a window of 4 runs at stages 0-1 and clamps to 2 and 1 after.
+UNET = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+            window_size=4, num_classes=11, drop_path_rate=0.0)
+UNET_FLAGS = ["--model", UNET_NAME, "--img_size", "32", "--num_classes", "11",
+              "--override", "embed_dim=8", "--override", "depths=2,2,2,2",
+              "--override", "num_heads=1,2,2,4"]
+# A segmentation run of that model on 32 px digit scenes for one step at lr 0: its
+# checkpoint holds exactly the params init_from gave it.
+RUN_CONFIG = f'''
+from configs.swin_unet import demo
+
+
+def get_config():
+  config = demo.get_config()
+  config.model.overrides.update({dict(UNET, depths=list(UNET["depths"]),
+                                      num_heads=list(UNET["num_heads"]))!r})
+  config.dataset.update(dict(name=DATASET, data_dir=DATA_DIR, image_size=32, read_threads=1))
+  config.optimizer.update(dict(base_lr=0.0, warmup_lr=0.0, min_lr=0.0))
+  config.update(dict(batch_size=4, eval_batch_size=6, total_steps=1, log_every_steps=1,
+                     checkpoint_every_steps=1, mesh_shape=(1, 1)))
+  return config
+'''
+
+
+def _start_main(workdir: str, config: str, init: str, cache: str) -> subprocess.Popen:
+  # The second run compiles the same programs: JAX's persistent cache saves it the time.
+  env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu",
+         "JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  return subprocess.Popen([sys.executable, "-m", "swin_jax.main", f"--config={config}",
+                           f"--workdir={workdir}", f"--config.init_from={init}"], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _official_unet_sd(model, seed: int) -> dict[str, torch.Tensor]:
+  """The reference's random weights plus the official buffers, official key names."""
+  ref = torch_oracle.randomize_(torch_swin_unet.build(torch_swin_unet.official_config(model)),
+                                seed)
+  sd = {k: torch.from_numpy(v) for k, v in torch_oracle.state_dict_numpy(ref).items()}
+  sd.update({k: torch.from_numpy(np.asarray(v))
+             for k, v in swin_unet_convert.buffers(model).items()})
+  return sd
+
+
+@pytest.fixture(scope="module")
+def unet_cli(tmp_path_factory):
+  """Converts (two at a time), then runs two segmentation runs with init_from, one after
+  the other (the export beside the first)."""
+  from swin_jax.data import digit_scenes  # pylint: disable=import-outside-toplevel
+  tmp = tmp_path_factory.mktemp("unet")
+  model = swin_jax.create_model(UNET_NAME, **UNET)
+  sd = _official_unet_sd(model, seed=21)
+  prefixed = {swin_unet_convert.WRAPPER_PREFIX + k: v for k, v in sd.items()}
+  wrapped, bare = str(tmp / "unet_wrapped.pth"), str(tmp / "unet_bare.pth")
+  torch.save({"model": prefixed}, wrapped)   # as the brief's official-layout file
+  torch.save(prefixed, bare)                 # as the official trainer.py saves ViT_seg
+  # An ImageNet Swin of the same widths (timm, random), saved in the official layout.
+  classifier = torch_oracle.randomize_(torch_oracle.timm_swin(dict(
+      {k: v for k, v in UNET.items() if k != "num_classes"}, num_classes=10)), 22)
+  imagenet_sd = timm_to_official(torch_oracle.state_dict_numpy(classifier))
+  imagenet = str(tmp / "swin_imagenet.pth")
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in imagenet_sd.items()}}, imagenet)
+
+  converted, resized = str(tmp / "conv_unet"), str(tmp / "conv_unet_w2")
+  exported = str(tmp / "exported" / "unet.pth")
+  first = [_start("--checkpoint", wrapped, *UNET_FLAGS, "--window_size", "4", "--out", converted),
+           _start("--checkpoint", bare, *UNET_FLAGS, "--window_size", "2", "--out", resized)]
+  results = {"convert": _finish(first[0]), "resize": _finish(first[1])}
+  assert results["convert"][0] == 0, results["convert"][2][-3000:]
+
+  data_dir = str(tmp / "tfds")
+  dataset = digit_scenes.ensure_digit_scenes(data_dir, size=32, num_train=8, num_test=6)
+  config = tmp / "unet_run.py"
+  config.write_text(f"DATASET = {dataset!r}\nDATA_DIR = {data_dir!r}\n" + RUN_CONFIG)
+  runs = {"from_unet": str(tmp / "run_from_unet"), "from_imagenet": str(tmp / "run_from_in1k")}
+  cache = str(tmp / "jax_cache")
+  first_run = _start_main(runs["from_unet"], str(config), converted, cache)
+  export = _start("--params", converted, "--to_torch", exported)
+  results.update(from_unet=_finish(first_run), export=_finish(export))
+  results.update(from_imagenet=_finish(
+      _start_main(runs["from_imagenet"], str(config), imagenet, cache)))
+  return dict(results=results, model=model, sd=sd, imagenet_sd=imagenet_sd,
+              converted=converted, resized=resized, exported=exported, runs=runs)
+
+
+def _per_block_flat(params, model) -> dict:
+  return {"/".join(p): np.asarray(v) for p, v in flax.traverse_util.flatten_dict(
+      swin_unet_convert.unstack_scanned(params, model)).items()}
+
+
+def test_official_swin_unet_checkpoint_converts(unet_cli):
+  code, stdout, stderr = unet_cli["results"]["convert"]
+  assert code == 0, stderr[-3000:]
+  assert "loaded" in stdout and "left at init" not in stdout
+  model, params = load_params_dir(unet_cli["converted"])
+  for field in ("img_size", "embed_dim", "depths", "num_heads", "window_size", "num_classes"):
+    assert np.array_equal(getattr(model, field), getattr(unet_cli["model"], field)), field
+  expected = swin_jax.convert.load_torch_variables(unet_cli["sd"], model)["params"]
+  flat, ref = _per_block_flat(params, model), _per_block_flat(expected, model)
+  assert sorted(flat) == sorted(ref)
+  for path, value in ref.items():
+    np.testing.assert_array_equal(flat[path], value, err_msg=path)
+
+
+def test_swin_unet_export_is_what_the_official_trainer_saves(unet_cli):
+  code, stdout, stderr = unet_cli["results"]["export"]
+  assert code == 0, stderr[-3000:]
+  exported = torch.load(unet_cli["exported"], map_location="cpu", weights_only=True)
+  expected = {swin_unet_convert.WRAPPER_PREFIX + k: v for k, v in unet_cli["sd"].items()}
+  assert sorted(exported) == sorted(expected)   # bare state dict, prefix and buffers
+  for key, value in expected.items():
+    assert torch.equal(exported[key], value.to(exported[key].dtype)), key
+
+
+def test_other_window_resizes_encoder_and_decoder_tables(unet_cli):
+  code, stdout, stderr = unet_cli["results"]["resize"]
+  assert code == 0, stderr[-3000:]
+  # Window 4 -> 2 changes the tables at stages 0 and 1 (maps 8 and 4) and their decoder
+  # stages layers_up.3 and layers_up.2; stages 2-3 clamp to the map either way.
+  assert "adapted: 8 x relative-position bias table resized" in stdout
+  model, params = load_params_dir(unet_cli["resized"])
+  assert model.window_size == 2
+  flat = _per_block_flat(params, model)
+  sd = unet_cli["sd"]
+  for part, index in (("layers", 0), ("layers", 1), ("layers_up", 3), ("layers_up", 2)):
+    for block in (0, 1):
+      key = f"{part}.{index}.blocks.{block}.attn.relative_position_bias_table"
+      np.testing.assert_array_equal(
+          flat[f"{part}_{index}/blocks_{block}/attn/relative_position_bias_table"],
+          swin_jax.convert.resize_bias_table(sd[key].numpy(), (3, 3)), err_msg=key)
+  np.testing.assert_array_equal(
+      flat["layers_up_1/blocks_0/attn/relative_position_bias_table"],
+      sd["layers_up.1.blocks.0.attn.relative_position_bias_table"].numpy())
+
+
+def test_init_from_a_converted_swin_unet_loads_the_whole_model(unet_cli):
+  code, stdout, stderr = unet_cli["results"]["from_unet"]
+  assert code == 0, stdout[-2000:] + stderr[-3000:]
+  n = len(torch_oracle.state_dict_numpy(torch_swin_unet.build(
+      torch_swin_unet.official_config(unet_cli["model"]))))
+  assert f"loaded {n} of {n} params from the checkpoint" in stdout
+  assert "initialised params from" in stdout
+  model, params = init_from.latest_run_params(unet_cli["runs"]["from_unet"])
+  assert model == unet_cli["model"]  # config.json's lists are tuples again
+  _, converted = load_params_dir(unet_cli["converted"])
+  flat, ref = _per_block_flat(params, model), _per_block_flat(converted, model)
+  for path, value in ref.items():  # lr 0: the checkpoint holds what init_from loaded
+    np.testing.assert_array_equal(flat[path], value, err_msg=path)
+
+
+def test_init_from_an_imagenet_swin_mirrors_the_encoder_into_the_decoder(unet_cli):
+  code, stdout, stderr = unet_cli["results"]["from_imagenet"]
+  assert code == 0, stdout[-2000:] + stderr[-3000:]
+  assert "adapted: 78 x mirrored from the encoder" in stdout   # 3 stages x 2 blocks x 13
+  assert "left at init" in stdout and "layers_up.0.expand.weight" in stdout
+  assert "dropped from the checkpoint" in stdout and "head.weight" in stdout
+  model, params = init_from.latest_run_params(unet_cli["runs"]["from_imagenet"])
+  flat = _per_block_flat(params, model)
+  sd = unet_cli["imagenet_sd"]
+
+  def torch_value(key: str, path: str) -> np.ndarray:
+    return swin_jax.convert.keys.torch_to_flax_array(tuple(path.split("/")), sd[key])
+
+  for i in range(4):
+    for leaf, name in (("attn/qkv/kernel", "attn.qkv.weight"), ("norm2/scale", "norm2.weight"),
+                       ("attn/relative_position_bias_table",
+                        "attn.relative_position_bias_table")):
+      key = f"layers.{i}.blocks.1.{name}"
+      np.testing.assert_array_equal(flat[f"layers_{i}/blocks_1/{leaf}"],
+                                    torch_value(key, f"layers_{i}/blocks_1/{leaf}"), err_msg=key)
+      if i < 3:  # decoder stage 3-i mirrors encoder stage i
+        np.testing.assert_array_equal(flat[f"layers_up_{3 - i}/blocks_1/{leaf}"],
+                                      torch_value(key, f"layers_up_{3 - i}/blocks_1/{leaf}"),
+                                      err_msg=f"layers_up.{3 - i} <- {key}")
+
+
+def test_init_from_resizes_a_swin_unet_of_another_window(unet_cli):
+  """In process: the window-4 converted dir into a window-2 model, with the report."""
+  target = swin_jax.create_model(UNET_NAME, **dict(UNET, window_size=2))
+  params, report = init_from.load_initial(unet_cli["converted"], target)
+  resized = [key for key, how in report.adapted if "bias table resized" in how]
+  assert len(resized) == 8 and not report.left_at_init and not report.dropped
+  assert "layers_up.3.blocks.1.attn.relative_position_bias_table" in resized
+  assert params["layers_0"]["blocks_0"]["attn"]["relative_position_bias_table"].shape == (9, 1)
+  # A strict load: another head count is still an error, not a silent re-init.
+  with pytest.raises(swin_jax.convert.CheckpointMismatchError, match="shape mismatch"):
+    init_from.load_initial(unet_cli["converted"], swin_jax.create_model(
+        UNET_NAME, **dict(UNET, num_classes=5)))

@@ -1,10 +1,11 @@
 """Swin-Unet: numerical parity with a PyTorch reference, param counts, conversion, load_from.
 
-The reference is assembled here, mirroring the official ``SwinTransformerSys``
-(HuCaoFighting/Swin-Unet) module by module so that its state dict has the official keys:
-timm's ``SwinTransformerBlock`` and ``PatchMerging`` (same math and parameter names as the
-official ones) for the Swin parts, plain torch and ``einops.rearrange`` (the official op) for
-PatchExpand, FinalPatchExpand_X4, the skip concatenation, the norms and the 1x1 conv.
+The reference (``swin_jax.oracles.torch_swin_unet``, also what the bench measures) mirrors
+the official ``SwinTransformerSys`` (HuCaoFighting/Swin-Unet) module by module so that its
+state dict has the official keys: timm's ``SwinTransformerBlock`` and ``PatchMerging`` (same
+math and parameter names as the official ones) for the Swin parts, plain torch for
+PatchExpand, FinalPatchExpand_X4 (checked here against ``einops.rearrange``, the official
+op), the skip concatenation, the norms and the 1x1 conv.
 Every tensor holds seeded random values (``torch_oracle.randomize_``). float32 on CPU;
 logits within 1e-4, gradients within ``1e-4 * max(1, max |reference|)`` per tensor.
 """
@@ -16,16 +17,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
-einops = pytest.importorskip("einops")
 
 import flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from timm.models import swin_transformer as timm_swin  # noqa: E402
 
 import swin_jax  # noqa: E402
 from swin_jax import convert  # noqa: E402
 from swin_jax.convert import swin_unet as swin_unet_convert  # noqa: E402
+from swin_jax.oracles import torch_swin_unet  # noqa: E402
 
 import torch_oracle as oracle  # noqa: E402
 
@@ -37,106 +37,12 @@ TINY = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 2, 2, 2),
             num_heads=(1, 2, 2, 4), window_size=4, num_classes=5, drop_path_rate=0.0)
 
 
-# ----------------------------------------------------------------------------------------
-# The PyTorch reference (official module structure and key names), NHWC inside like timm.
-
-
-class RefPatchExpand(torch.nn.Module):
-  """Official PatchExpand (``scale=2``) / FinalPatchExpand_X4 (``scale=4``).
-  ``pixel_shuffle_order``: the WRONG (c, p1, p2) channel split, for the negative test."""
-
-  def __init__(self, dim: int, scale: int, out_dim: int, pixel_shuffle_order: bool = False):
-    super().__init__()
-    self.scale, self.out_dim, self.pixel_shuffle_order = scale, out_dim, pixel_shuffle_order
-    self.expand = torch.nn.Linear(dim, scale * scale * out_dim, bias=False)
-    self.norm = torch.nn.LayerNorm(out_dim)
-
-  def forward(self, x):
-    x = self.expand(x)
-    pattern = "(c p1 p2)" if self.pixel_shuffle_order else "(p1 p2 c)"
-    x = einops.rearrange(x, f"b h w {pattern} -> b (h p1) (w p2) c", p1=self.scale,
-                         p2=self.scale, c=self.out_dim)
-    return self.norm(x)
-
-
-class RefStage(torch.nn.Module):
-  """Official ``BasicLayer`` (``downsample``) / ``BasicLayer_up`` (``upsample``)."""
-
-  def __init__(self, dim, resolution, depth, heads, window, downsample=False, upsample=False,
-               pixel_shuffle_order=False):
-    super().__init__()
-    self.blocks = torch.nn.ModuleList([
-        timm_swin.SwinTransformerBlock(dim, resolution, num_heads=heads, window_size=window,
-                                       shift_size=0 if j % 2 == 0 else window // 2)
-        for j in range(depth)])
-    if downsample:
-      self.downsample = timm_swin.PatchMerging(dim, 2 * dim)
-    if upsample:
-      self.upsample = RefPatchExpand(dim, 2, dim // 2, pixel_shuffle_order)
-
-  def forward(self, x):
-    for block in self.blocks:
-      x = block(x)
-    for name in ("downsample", "upsample"):
-      if hasattr(self, name):
-        x = getattr(self, name)(x)
-    return x
-
-
-class RefSwinUnet(torch.nn.Module):
-  """Official ``SwinTransformerSys`` (expand_first): NCHW images -> NCHW logits."""
-
-  def __init__(self, img_size, patch_size, embed_dim, depths, num_heads, window_size,
-               num_classes, pixel_shuffle_order=False, **_):
-    super().__init__()
-    n = len(depths)
-    grid = img_size // patch_size
-    self.patch_embed = torch.nn.Module()
-    self.patch_embed.proj = torch.nn.Conv2d(3, embed_dim, patch_size, stride=patch_size)
-    self.patch_embed.norm = torch.nn.LayerNorm(embed_dim)
-    self.layers = torch.nn.ModuleList([
-        RefStage(embed_dim * 2**i, (grid // 2**i,) * 2, depths[i], num_heads[i], window_size,
-                 downsample=i < n - 1) for i in range(n)])
-    self.layers_up = torch.nn.ModuleList()
-    self.concat_back_dim = torch.nn.ModuleList()
-    for i in range(n):
-      s = n - 1 - i
-      dim = embed_dim * 2**s
-      self.concat_back_dim.append(torch.nn.Linear(2 * dim, dim) if i else torch.nn.Identity())
-      self.layers_up.append(
-          RefPatchExpand(dim, 2, dim // 2, pixel_shuffle_order) if i == 0 else
-          RefStage(dim, (grid // 2**s,) * 2, depths[s], num_heads[s], window_size,
-                   upsample=i < n - 1, pixel_shuffle_order=pixel_shuffle_order))
-    self.norm = torch.nn.LayerNorm(embed_dim * 2**(n - 1))
-    self.norm_up = torch.nn.LayerNorm(embed_dim)
-    self.up = RefPatchExpand(embed_dim, patch_size, embed_dim, pixel_shuffle_order)
-    self.output = torch.nn.Conv2d(embed_dim, num_classes, 1, bias=False)
-
-  def forward(self, images):
-    if images.shape[1] == 1:  # the official ViT_seg wrapper
-      images = images.repeat(1, 3, 1, 1)
-    x = self.patch_embed.norm(self.patch_embed.proj(images).permute(0, 2, 3, 1))
-    skips = []
-    for layer in self.layers:
-      skips.append(x)  # the stage's INPUT
-      x = layer(x)
-    x = self.norm(x)
-    for i, layer_up in enumerate(self.layers_up):
-      if i:
-        x = self.concat_back_dim[i](torch.cat([x, skips[len(self.layers) - 1 - i]], -1))
-      x = layer_up(x)
-    x = self.up(self.norm_up(x)).permute(0, 3, 1, 2)
-    return self.output(x)
-
-
 def reference(cfg: dict, seed: int, **kw) -> torch.nn.Module:
-  return oracle.randomize_(RefSwinUnet(**cfg, **kw).float().eval(), seed)
+  """The reference for ``cfg`` (SwinUnet fields), every tensor seeded random, eval mode."""
+  return oracle.randomize_(torch_swin_unet.build(cfg, **kw).eval(), seed)
 
 
-def official_config(model) -> dict:
-  return dict(img_size=model.img_size, patch_size=model.patch_size, embed_dim=model.embed_dim,
-              depths=model.depths, num_heads=model.num_heads, window_size=model.window_size,
-              num_classes=model.num_classes)
+official_config = torch_swin_unet.official_config
 
 
 def max_abs_diff(a, b) -> float:
@@ -214,7 +120,7 @@ def test_param_count_swin_unet_tiny():
 
 
 def test_reference_has_the_official_keys_and_count():
-  ref = RefSwinUnet(**official_config(swin_jax.create_model(NAME)))
+  ref = torch_swin_unet.build(official_config(swin_jax.create_model(NAME)))
   sd = oracle.state_dict_numpy(ref)
   assert sum(v.size for v in sd.values()) == 27_168_900
   for key in ("layers_up.0.expand.weight", "layers_up.1.upsample.norm.bias",
@@ -255,6 +161,41 @@ def test_tiny_logits_grayscale_and_bfloat16():
   bf16 = jax_logits(model.clone(dtype=jnp.bfloat16), params, gray)
   assert bf16.dtype == np.float32
   assert max_abs_diff(bf16, expected) < 0.1 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_reference_expand_is_the_official_einops_rearrange():
+  """The reference writes the official ``rearrange`` as reshape + permute: the same map, and
+  its ``pixel_shuffle_order`` is the ``(c p1 p2)`` split."""
+  einops = pytest.importorskip("einops")
+  x = torch.randn(2, 3, 5, 4 * 4 * 6, generator=torch.Generator().manual_seed(0))
+  for pattern, wrong in (("(p1 p2 c)", False), ("(c p1 p2)", True)):
+    expected = einops.rearrange(x, f"b h w {pattern} -> b (h p1) (w p2) c", p1=4, p2=4, c=6)
+    assert torch.equal(torch_swin_unet.expand_rearrange(x, 4, 6, wrong), expected), pattern
+
+
+def test_reference_loss_is_the_segmentation_task_loss():
+  """The loss the bench trains the reference with (official trainer.py) is swin_jax's."""
+  from swin_jax.tasks import segmentation  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((2, 8, 8, 5)).astype(np.float32)
+  labels = rng.integers(0, 5, (2, 8, 8)).astype(np.int32)
+  expected = 0.4 * float(jnp.mean(segmentation.pixel_cross_entropy(logits, labels))) + (
+      0.6 * float(segmentation.dice_loss(logits, labels)))
+  got = float(torch_swin_unet.official_loss(oracle.nhwc_to_nchw(logits),
+                                            torch.from_numpy(labels)))
+  assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_reference_drop_path_rates_follow_the_official_dpr():
+  ref = torch_swin_unet.build(dict(TINY, depths=(2, 2, 4, 2), drop_path_rate=0.3))
+  dpr = np.linspace(0, 0.3, 10)
+
+  def rates(stage):
+    return [getattr(b.drop_path1, "drop_prob", 0.0) for b in stage.blocks]
+
+  np.testing.assert_allclose(rates(ref.layers[2]), dpr[4:8], rtol=1e-6)
+  np.testing.assert_allclose(rates(ref.layers_up[1]), dpr[4:8], rtol=1e-6)
+  np.testing.assert_allclose(rates(ref.layers_up[3]), dpr[0:2], rtol=1e-6)
 
 
 def test_pixel_shuffle_channel_order_fails_the_comparison():

@@ -1,6 +1,12 @@
-"""predict: class names for 1K/22K heads, top-k, and loading weights from each source."""
+"""predict: class names for 1K/22K heads, top-k, loading weights from each source, and the
+segmentation overlay (colours, blend, the command on a tiny Swin-Unet run and converted dir)."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,6 +17,10 @@ from swin_jax.convert import params_dir
 from swin_jax.convert.torch_checkpoint import export_torch_state_dict, init_params
 from swin_jax.data import class_names, images
 from swin_jax.models import registry
+from swin_jax.train import checkpoint as checkpoint_lib
+from swin_jax.train import config as config_lib
+from swin_jax.train import init_from
+from swin_jax.visualize import overlay
 
 TINY = dict(img_size=32, embed_dim=8, depths=(2, 2), num_heads=(1, 1), window_size=4,
             num_classes=1000)
@@ -58,3 +68,167 @@ def test_bundled_image_goes_through_the_official_eval_transform():
   assert abs(float(pixels.mean())) < 2.0
   with pytest.raises(FileNotFoundError, match="no_such.jpg"):
     images.load_image("no_such.jpg")
+
+
+# ----------------------------------------------------------------------------------------
+# Segmentation: the overlay helpers, then the command on a tiny Swin-Unet.
+
+
+def test_class_colours_are_fixed_distinct_and_skip_the_background():
+  colors = overlay.class_colors(11)
+  assert colors.shape == (11, 3) and colors.dtype == np.uint8
+  assert tuple(colors[0]) == (0, 0, 0)            # the background is never drawn
+  assert tuple(colors[1]) == (31, 119, 180)       # class 1 is tab10 blue in every figure
+  assert len({tuple(c) for c in colors[1:]}) == 10
+  np.testing.assert_array_equal(overlay.class_colors(30)[:11], colors)  # by index only
+  assert len({tuple(c) for c in overlay.class_colors(150)[1:]}) == 149
+
+
+def test_blend_colours_planted_classes_and_leaves_the_background():
+  image = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+  labels = np.zeros((6, 8), np.int64)
+  labels[1:3, 2:5], labels[4:, 6:] = 1, 3
+  colors = overlay.class_colors(4)
+  out = overlay.blend(image, labels, colors, alpha=0.25)
+  for k in (1, 3):
+    where = labels == k
+    expected = np.rint(0.75 * image[where] + 0.25 * colors[k].astype(np.float64))
+    np.testing.assert_array_equal(out[where], expected.astype(np.uint8))
+    assert not np.array_equal(out[where], image[where])
+  np.testing.assert_array_equal(out[labels == 0], image[labels == 0])
+  with pytest.raises(ValueError, match="differ in size"):
+    overlay.blend(image, labels[:, :5], colors)
+
+
+def test_upsample_labels_is_nearest_by_pixel_centre():
+  labels = np.arange(6).reshape(2, 3)
+  np.testing.assert_array_equal(overlay.upsample_labels(labels, (4, 6)),
+                                np.kron(labels, np.ones((2, 2), int)))
+  odd = overlay.upsample_labels(labels, (5, 7))
+  assert odd.shape == (5, 7) and set(odd[:, 0]) == {0, 3} and set(odd[0]) == {0, 1, 2}
+
+
+def test_legend_lists_predicted_classes_with_colour_and_share():
+  labels = np.array([[0, 0, 2, 2], [0, 0, 2, 1]])
+  lines = overlay.legend_lines(labels, overlay.class_colors(4), ["bg", "a", "b", "c"])
+  text = "\n".join(lines)
+  assert "bg" in text and "(none)" in text and "50.00%" in text
+  assert "#ff7f0e" in text and "37.50%" in text and "12.50%" in text  # class 2 is tab10[1]
+  assert "1 of 4 classes not predicted" in text
+
+
+def test_segmentation_input_normalisation_follows_the_run():
+  assert predict.segmentation_normalization(None) == "imagenet"
+  digits = {"task": {"normalize": "auto"}, "dataset": {"name": "digit_scenes/128px"}}
+  assert predict.segmentation_normalization(digits) == "imagenet"
+  synapse = {"task": {"normalize": "auto"}, "dataset": {"name": "synapse"}}
+  assert predict.segmentation_normalization(synapse) == "none"
+  pixels = predict.segmentation_input(images.Image.new("RGB", (45, 30), (255, 0, 0)), (32, 32),
+                                      "none")
+  assert pixels.shape == (32, 32, 3) and pixels.dtype == np.float32
+  np.testing.assert_allclose(pixels[..., 0], 1.0, atol=1e-4)
+
+
+UNET_NAME = "swin_unet_tiny_patch4_window7_224"
+UNET = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1, 2),
+            window_size=4, num_classes=4, drop_path_rate=0.0)
+UNET_CLASSES = ("background", "disc", "ring", "bar")
+
+
+def _fake_segmentation_run(workdir, params) -> str:
+  """A run dir as the training loop leaves it: config.json and checkpoints/<step>/state."""
+  config = config_lib.base_config("segmentation")
+  config.model.name = UNET_NAME
+  config.model.overrides.update(UNET)
+  config.dataset.update(dict(name="digit_scenes/32px", num_classes=4, image_size=32))
+  config.task.class_names = UNET_CLASSES
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, init_from.RUN_CONFIG_FILE), "w") as f:
+    json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+  with checkpoint_lib.Checkpointer(workdir) as ckpt:
+    ckpt.save(3, {"params": params, "step": np.int32(3)}, {"position": 0}, force=True)
+    ckpt.wait()
+  return str(workdir)
+
+
+def _start_predict(cwd, *args):
+  env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
+  return subprocess.Popen([sys.executable, "-m", "swin_jax.predict", *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process):
+  stdout, stderr = process.communicate(timeout=300)
+  return process.returncode, stdout, stderr
+
+
+@pytest.fixture(scope="module")
+def segment_cli(tmp_path_factory):
+  """The command on a tiny Swin-Unet: a run dir at the model's size, a converted dir at
+  another size, a missing image and a file that is not an image (two at a time)."""
+  tmp = tmp_path_factory.mktemp("segment")
+  model = registry.create_model(UNET_NAME, **UNET)
+  params = init_params(model, seed=5)
+  run = _fake_segmentation_run(tmp / "run", params)
+  params_dir.save_params_dir(str(tmp / "converted"), params, UNET_NAME, UNET)
+  rng = np.random.default_rng(1)
+  image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  images.Image.fromarray(image).save(tmp / "scene.png")
+  images.Image.fromarray(rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)).save(
+      tmp / "wide.png")
+  (tmp / "notes.png").write_text("not an image")
+  first = [_start_predict(tmp, "--checkpoint", run, "--image", str(tmp / "scene.png"),
+                          "--overlay", str(tmp / "out" / "scene_mask.png")),
+           _start_predict(tmp, "--checkpoint", str(tmp / "converted"), "--image", "wide.png")]
+  results = {"run": _finish(first[0]), "converted": _finish(first[1])}
+  second = [_start_predict(tmp, "--checkpoint", run, "--image", "missing.png"),
+            _start_predict(tmp, "--checkpoint", run, "--image", "notes.png")]
+  results.update(missing=_finish(second[0]), not_image=_finish(second[1]))
+  return dict(results=results, tmp=tmp, model=model, params=params, image=image)
+
+
+def test_run_dir_overlay_colours_each_predicted_class(segment_cli):
+  code, stdout, stderr = segment_cli["results"]["run"]
+  assert code == 0, stderr[-3000:]
+  model, params, image = segment_cli["model"], segment_cli["params"], segment_cli["image"]
+  # The prediction, independently: ImageNet mean/std (the run's 'auto' on uint8 scenes).
+  pixels = (image / np.float32(255.0) - images.IMAGENET_MEAN) / images.IMAGENET_STD
+  logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(
+      params, pixels[None].astype(np.float32)))[0]
+  labels = logits.argmax(-1)
+  top2 = np.sort(logits, -1)[..., -2:]
+  clear = top2[..., 1] - top2[..., 0] > 1e-4   # skip near-ties another program may flip
+  foreground = [k for k in range(1, 4) if np.any(clear & (labels == k))]
+  assert len(foreground) >= 2, "the planted check needs at least two foreground classes"
+
+  written = np.asarray(images.Image.open(segment_cli["tmp"] / "out" / "scene_mask.png"))
+  assert written.shape == (32, 32, 3)
+  colors = overlay.class_colors(4)
+  for k in range(4):
+    where = clear & (labels == k)
+    expected = image[where] if k == 0 else np.rint(
+        0.5 * image[where] + 0.5 * colors[k].astype(np.float64)).astype(np.uint8)
+    np.testing.assert_array_equal(written[where], expected, err_msg=UNET_CLASSES[k])
+  assert "segmentation" in stdout and "scene_mask.png" in stdout
+  for k in foreground:  # the run's class names, colours and pixel shares
+    line = next(l for l in stdout.splitlines() if l.strip().startswith(UNET_CLASSES[k]))
+    assert overlay.hex_color(colors[k]) in line
+    assert f"{np.mean(labels == k):.2%}" in line
+
+
+def test_converted_dir_overlay_has_the_input_size(segment_cli):
+  code, stdout, stderr = segment_cli["results"]["converted"]
+  assert code == 0, stderr[-3000:]
+  written = images.Image.open(segment_cli["tmp"] / "wide_segmentation.png")
+  assert written.size == (45, 30)
+  assert "45x30 image -> 32x32 model input" in stdout
+  assert "class 1" in stdout or "class 2" in stdout or "class 3" in stdout
+
+
+def test_bad_images_give_one_line_errors(segment_cli):
+  code, stdout, stderr = segment_cli["results"]["missing"]
+  assert code == 1 and "error: image missing.png not found" in stderr
+  assert "Traceback" not in stderr
+  code, stdout, stderr = segment_cli["results"]["not_image"]
+  assert code == 1 and "error: notes.png is not an image file" in stderr
+  assert "Traceback" not in stderr

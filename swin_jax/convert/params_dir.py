@@ -59,5 +59,5 @@ def load_params_dir(path: str) -> tuple[SwinTransformer, dict[str, Any]]:
   """``(model, params)`` from a directory written by ``save_params_dir``."""
   path = os.path.abspath(path)
   spec = _model_spec(path)
-  model = registry.create_model(spec["model"], **spec["overrides"])
+  model = registry.create_model_from_json(spec["model"], spec["overrides"])
   return model, load_params_tree(path)

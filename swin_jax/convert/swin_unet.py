@@ -2,14 +2,16 @@
 
     variables = load_torch_variables("swin_unet_synapse.pth", model)     # with or without
     sd = export_swin_unet_state_dict(variables["params"], model)         # 'swin_unet.'
+    params, report = load_swin_unet("swin_unet_synapse.pth", model_w8)   # tables resized
     params, report = load_swin_unet_from_imagenet("swin_tiny_patch4_window7_224.pth", model)
 
 The official keys already are the Flax paths (``layers_up.1.blocks.0.attn.qkv.weight`` is
 ``layers_up_1/blocks_0/attn/qkv/kernel``), so ``torch_checkpoint`` converts them by its
 generic rules; this module adds what is Swin-Unet's own: the ``swin_unet.`` prefix of the
 official wrapper (``ViT_seg``), the buffers of its encoder and decoder blocks, the scanned
-layout of both, and the official ``load_from`` (an ImageNet Swin initialises the encoder and,
-mirrored, the decoder).
+layout of both, the bias-table resize of a checkpoint of another window size (encoder and
+decoder blocks, as the classifier's fine-tuning resize), and the official ``load_from`` (an
+ImageNet Swin initialises the encoder and, mirrored, the decoder).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from swin_jax.convert import keys as keys_lib
+from swin_jax.convert import resize
 from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
 from swin_jax.models.swin_unet import SwinUnet
@@ -32,6 +35,8 @@ StateDict = dict[str, np.ndarray]
 # The official wrapper ``ViT_seg`` holds the network as ``self.swin_unet``.
 WRAPPER_PREFIX = "swin_unet."
 _ENCODER_KEY = re.compile(r"^layers\.(\d+)\.")
+_TABLE_KEY = re.compile(
+    r"^(layers|layers_up)\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table$")
 
 
 def is_swin_unet(model: Any) -> bool:
@@ -51,6 +56,12 @@ def to_model_keys(sd: Mapping[str, np.ndarray]) -> StateDict:
   if sd and all(key.startswith(WRAPPER_PREFIX) for key in sd):
     sd = {key[len(WRAPPER_PREFIX):]: value for key, value in sd.items()}
   return {key: value for key, value in sd.items() if not keys_lib.is_buffer(key)}
+
+
+def is_swin_unet_state_dict(sd: Mapping[str, Any]) -> bool:
+  """Whether a state dict is a Swin-Unet's (it has decoder ``layers_up`` keys), with or
+  without the wrapper prefix; an ImageNet Swin has none."""
+  return any(key.startswith(("layers_up.", WRAPPER_PREFIX + "layers_up.")) for key in sd)
 
 
 def stage_names(model: SwinUnet) -> list[tuple[str, int]]:
@@ -96,6 +107,60 @@ def buffers(model: SwinUnet) -> StateDict:
         padded = [r + window_ops.padding_to_multiple(r, w) for r, w in zip(resolution, window)]
         out[prefix + "attn_mask"] = np.array(window_ops.shift_mask(*padded, window, shift))
   return out
+
+
+def resize_bias_tables(sd: Mapping[str, np.ndarray], model: SwinUnet
+                       ) -> tuple[StateDict, tuple[tuple[str, str], ...]]:
+  """Relative-position bias tables of another window size -> the model's windows.
+
+  ``sd`` has the model's keys (``to_model_keys``). Every encoder (``layers.i``) and decoder
+  (``layers_up.i``, at encoder stage ``n-1-i``'s resolution) block table whose square side
+  differs from the block's (clamped) window is resized bicubically as the official
+  fine-tuning does (``resize.resize_bias_table``). Tables of another head count, and keys
+  the model lacks, pass through for the loader to report.
+
+  Returns ``(sd, adapted)``, ``adapted`` as ``LoadReport.adapted``: ``(key, how)``.
+  """
+  out, adapted = dict(sd), []
+  for key, value in sd.items():
+    match = _TABLE_KEY.match(key)
+    if not match:
+      continue
+    part, index, block = match.group(1), int(match.group(2)), int(match.group(3))
+    stage = index if part == "layers" else model.num_stages - 1 - index
+    if not (0 <= stage < model.num_stages and block < model.depths[stage]):
+      continue
+    window, _ = model.block_geometry(stage, block)
+    sides = (2 * window[0] - 1, 2 * window[1] - 1)
+    value = np.asarray(value)
+    if (value.ndim != 2 or value.shape[0] == sides[0] * sides[1] or
+        value.shape[1] != model.num_heads[stage] or not resize.is_square_table(value.shape[0])):
+      continue
+    out[key] = resize.resize_bias_table(value, sides)
+    logging.warning("window differs from the checkpoint's: resizing %s %s -> %s (bicubic)",
+                    key, value.shape, out[key].shape)
+    adapted.append((key, f"relative-position bias table resized: {value.shape} -> "
+                         f"{out[key].shape}"))
+  return out, tuple(adapted)
+
+
+def load_swin_unet(source: str | os.PathLike | Mapping[str, Any], model: SwinUnet, *,
+                   allow: tuple[str, ...] = (), fallback_params: Mapping[str, Any] | None = None,
+                   log_level: int = logging.WARNING) -> tuple[dict[str, Any], Any]:
+  """A Swin-Unet checkpoint (official keys, ``swin_unet.`` prefix or not) -> ``(params,
+  report)`` for ``model``, with the bias tables resized to its windows (``report.adapted``
+  names each).
+
+  ``allow``: the problems to tolerate (``torch_checkpoint.load_with_report``); by default
+  anything else that does not fit is a ``CheckpointMismatchError``.
+  """
+  # pylint: disable=import-outside-toplevel
+  from swin_jax.convert import state_dict_io, torch_checkpoint
+  sd = to_model_keys(state_dict_io.read_state_dict(source))
+  sd, adapted = resize_bias_tables(sd, model)
+  params, report = torch_checkpoint.load_with_report(
+      sd, model, allow=allow, fallback_params=fallback_params, log_level=log_level)
+  return params, dataclasses.replace(report, adapted=adapted + report.adapted)
 
 
 def export_swin_unet_state_dict(params: Mapping[str, Any], model: SwinUnet,

@@ -287,8 +287,9 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
   for path, swin in backbones.items():
     sd = to_official_layout(sd, len(swin.depths), _key_prefix(path))
   unet = model if swin_unet.is_swin_unet(model) else None
+  unet_adapted: tuple[tuple[str, str], ...] = ()
   if unet:
-    sd = swin_unet.to_model_keys(sd)
+    sd, unet_adapted = swin_unet.resize_bias_tables(swin_unet.to_model_keys(sd), unet)
 
   fallback_cache: list[dict[Path, Any]] = []
 
@@ -307,7 +308,7 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
     return fallback_cache[0]
 
   taken: dict[Path, np.ndarray] = {}  # filled from the checkpoint
-  adapted = []
+  adapted = list(unet_adapted)
   problems: dict[str, list[str]] = {kind: [] for kind in ALL_PROBLEMS}
   dropped, mismatched = [], set()
   for key, value in sd.items():

@@ -187,6 +187,13 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
   return cls(**config)
 
 
+
+def create_model_from_json(name: str, overrides: dict[str, Any]) -> nn.Module:
+  """``create_model`` with overrides read back from JSON (a run's ``config.json``, a params
+  dir's ``model.json``), whose lists are turned back into the tuples the fields hold."""
+  return create_model(name, **{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in overrides.items()})
+
 def _upernet(config: dict[str, Any]) -> UperNet:
   """A flat UperNet config -> ``UperNet(backbone=SwinTransformer(...), heads...)``."""
   head_fields = set(constructor_fields(UperNet))

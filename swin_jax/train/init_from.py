@@ -11,6 +11,12 @@ Sources and targets may be classifiers (a root ``SwinTransformer``) or task mode
 their Swin as a field (params at ``backbone/...``):
 
 * classifier -> classifier: the whole model, strictly (any mismatch is an error);
+* Swin-Unet -> Swin-Unet (an official ``ViT_seg`` checkpoint with or without its
+  ``swin_unet.`` prefix, a converted dir, a Swin-Unet run): the whole model, strictly,
+  with the bias tables of another window size resized (encoder and decoder blocks);
+* a Swin (classifier or a task model's backbone) -> Swin-Unet: the official ``load_from``:
+  the encoder from ``layers.i``, the decoder stages ``layers_up.(3-i)`` mirrored from
+  ``layers.i``, shape-mismatched keys left at init (``load_swin_unet_from_imagenet``);
 * anything else: the Swin backbone only. A source whose Swin is nested (a task-model run, an
   mmseg / mmdet ``.pth`` with ``backbone.`` keys) gives its backbone; the target's backbone
   takes it, and what either side has that the other lacks (the classifier's ``norm`` /
@@ -32,6 +38,7 @@ import orbax.checkpoint as ocp
 
 from swin_jax.convert import head_map, params_dir
 from swin_jax.convert import keys as keys_lib
+from swin_jax.convert import swin_unet
 from swin_jax.convert import torch_checkpoint as tc
 from swin_jax.convert.state_dict_io import StateDict, read_state_dict
 from swin_jax.models import registry
@@ -73,7 +80,7 @@ def latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
   """Model and params of the newest complete checkpoint of a swin_jax run directory."""
   workdir = _abs(workdir)
   model_cfg = _run_config(workdir)["model"]
-  model = registry.create_model(model_cfg["name"], **model_cfg["overrides"])
+  model = registry.create_model_from_json(model_cfg["name"], model_cfg["overrides"])
   return model, _latest_run_state_params(workdir)
 
 
@@ -135,6 +142,8 @@ def load_initial(path: str, model: nn.Module, label_space: str = "auto",
   """
   label_space = resolve_label_space(path, label_space)
   sd = source_state_dict(path)
+  if swin_unet.is_swin_unet(model):
+    return _load_into_swin_unet(path, sd, model, fallback_params)
   prefix = _swin_prefix(sd)
   if not prefix and isinstance(model, SwinTransformer):
     # Classifier -> classifier: the whole model, as strictly as the converter.
@@ -153,6 +162,26 @@ def load_initial(path: str, model: nn.Module, label_space: str = "auto",
       label_space=label_space, log_level=logging.INFO)
   return params, tc.LoadReport(report.loaded, report.left_at_init,
                                report.dropped + tuple(dropped_outside), report.adapted)
+
+
+def _load_into_swin_unet(path: str, sd: StateDict, model: nn.Module,
+                         fallback_params: Mapping[str, Any] | None
+                         ) -> tuple[dict[str, Any], tc.LoadReport]:
+  """A Swin-Unet's params from a Swin-Unet (whole, tables resized) or from any single Swin
+  (the official ``load_from`` mirroring); see the module docstring."""
+  if swin_unet.is_swin_unet_state_dict(sd):
+    return swin_unet.load_swin_unet(sd, model, fallback_params=fallback_params,
+                                    log_level=logging.INFO)
+  prefix = _swin_prefix(sd)
+  encoder = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+  params, report = swin_unet.load_swin_unet_from_imagenet(
+      encoder, model, fallback_params=fallback_params, log_level=logging.INFO)
+  outside = tuple(sorted(k for k in sd if not k.startswith(prefix)))
+  if outside:
+    logging.info("init_from %s: using its Swin (%s) only; not loading %d other entries", path,
+                 prefix.rstrip("."), len(outside))
+  return params, tc.LoadReport(report.loaded, report.left_at_init, report.dropped + outside,
+                               report.adapted)
 
 
 def load_initial_params(path: str, model: nn.Module, label_space: str = "auto",
