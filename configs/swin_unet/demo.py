@@ -10,7 +10,10 @@ digits.
   python -m swin_jax.main --config=configs/swin_unet/demo.py --workdir=runs/unet_demo
 
 NOT TUNED YET: this recipe (375 steps) reached only eval/mean_dice 0.012 (pixel acc 0.906,
-the model still predicts background) in 8.5 min on 2 shared cores; the target is >= 0.80.
+the model still predicts background); the target is >= 0.80. From scratch, the official
+Swin-Unet first settles on the class prior (README, Swin-Unet section, has the measurements);
+the next attempt starts the encoder from the `make demo` classifier, as the official recipe
+starts from ImageNet weights.
 """
 
 from swin_jax.train.config import base_config
