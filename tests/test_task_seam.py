@@ -22,6 +22,7 @@ from swin_jax.tasks.classification import ClassificationTask
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
 from swin_jax.train import loop
+from train_runs import compilation_cache_dir, persistent_compilation_cache
 
 EMA_MOMENTUM = 0.5
 BN_MOMENTUM = 0.9
@@ -63,6 +64,13 @@ def registered_task(monkeypatch):
   monkeypatch.setitem(tasks.TASKS, BatchNormEmaTask.name, BatchNormEmaTask)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs of one config (a resumed run and its first part) compile their programs once."""
+  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
+    yield
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
@@ -92,7 +100,10 @@ def _host(state):
 
 
 def test_model_state_and_extra_are_trained_sharded_and_resumed_bit_for_bit(data_dir, tmp_path):
-  straight = loop.train_and_evaluate(seam_config(data_dir), str(tmp_path / "straight"))
+  # Data 4 x fsdp 2: the extra state is sharded like the params it mirrors, and resumes so.
+  sharded = dict(mesh_shape=(4, 2), fsdp_min_weight_size=256)
+  straight = loop.train_and_evaluate(seam_config(data_dir, **sharded), str(tmp_path / "straight"))
+  assert any("fsdp" in str(leaf.sharding.spec) for leaf in jax.tree.leaves(straight.state.extra))
   first = _host(straight.state)
   assert set(first.model_state) == {"batch_stats"}
   assert set(first.params) == {"backbone", "bn", "head"}
@@ -101,26 +112,23 @@ def test_model_state_and_extra_are_trained_sharded_and_resumed_bit_for_bit(data_
   kernel, ema_kernel = first.params["head"]["kernel"], first.extra["ema"]["head"]["kernel"]
   assert not np.array_equal(kernel, ema_kernel)
 
-  # Stop after 3 steps, then continue to 6 from the checkpoint: every part of the state,
+  # Stop after 1 step, then continue to 6 from the checkpoint: every part of the state,
   # model_state and extra included, ends bit for bit where the straight run ended.
   workdir = str(tmp_path / "resumed")
-  loop.train_and_evaluate(seam_config(data_dir, total_steps=3), workdir)
-  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 3
-  resumed = _host(loop.train_and_evaluate(seam_config(data_dir), workdir).state)
+  one_step = loop.train_and_evaluate(seam_config(data_dir, total_steps=1, **sharded), workdir)
+  after_one_step = _host(one_step.state.model_state)
+  assert checkpoint_lib.Checkpointer(workdir).latest_step() == 1
+  resumed = _host(loop.train_and_evaluate(seam_config(data_dir, **sharded), workdir).state)
   jax.tree.map(np.testing.assert_array_equal, resumed, first)
 
-  # The extra state is sharded like the params it mirrors; under jit the BatchNorm sees the
-  # global batch (SyncBN), so 8 devices (data 4 x fsdp 2) collect the statistics that one
-  # device does. (Compared after one step: AdamW's first update, about lr * sign(grad),
-  # would turn float rounding in near-zero gradients into differences of lr.)
-  sharded = loop.train_and_evaluate(seam_config(data_dir, total_steps=1, mesh_shape=(4, 2),
-                                                fsdp_min_weight_size=256),
-                                    str(tmp_path / "sharded"))
-  assert any("fsdp" in str(leaf.sharding.spec) for leaf in jax.tree.leaves(sharded.state.extra))
+  # Under jit the BatchNorm sees the global batch (SyncBN), so the 8 sharded devices
+  # collect the statistics that one device does. (Compared after one step: AdamW's first
+  # update, about lr * sign(grad), would turn float rounding in near-zero gradients into
+  # differences of lr.)
   one_device = loop.train_and_evaluate(seam_config(data_dir, total_steps=1, mesh_shape=(1, 1)),
                                        str(tmp_path / "one_device"))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
-               _host(sharded.state.model_state), _host(one_device.state.model_state))
+               after_one_step, _host(one_device.state.model_state))
 
 
 def test_batch_statistics_are_the_global_batch_mean(data_dir, tmp_path):

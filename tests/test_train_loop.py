@@ -17,7 +17,8 @@ from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
 from swin_jax.train import loop
-from train_runs import REPO, TINY_CONFIG, run_main, train_losses
+from train_runs import (REPO, TINY_CONFIG, compilation_cache_dir, persistent_compilation_cache,
+                        run_main, train_losses)
 
 # Every recipe, the dense families' configs/<family>/*.py included.
 SHIPPED_CONFIGS = sorted(
@@ -30,6 +31,14 @@ def load_config(path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Runs that share a program (recipes that differ only in model size, once shrunk; one
+  model's init and eval under two learning rates) compile it once."""
+  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +67,11 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
   config = load_config(path)
   config_lib.validate_config(config)
   stages = len(registry.model_config(config.model.name, **config.model.overrides)["depths"])
-  # Two blocks per stage: the official recipes scan over block pairs.
+  # Two blocks per stage: the official recipes scan over block pairs. One drop-path rate:
+  # recipes that differ only in model size (swin_{t,s,b}_1k, swin_{b,l}_22k) then build the
+  # same tiny model and share its compiled programs.
   config.model.overrides.update(dict(embed_dim=8, depths=(2,) * stages,
-                                     num_heads=(1,) * stages))
+                                     num_heads=(1,) * stages, drop_path_rate=0.1))
   config.dataset.data_dir = data_dir
   config.dataset.read_threads = 2
   config.batch_size = config.eval_batch_size = 8
@@ -233,6 +244,7 @@ def test_init_from_a_scanned_run_into_a_per_block_run_and_from_a_pth(data_dir, t
   pth = str(tmp_path / "plain.pth")
   torch.save({"model": export_torch_state_dict(loaded, model, to_torch=True)}, pth)
   again = tiny_config(data_dir, init_from=pth, **NO_LEARNING)
-  again.model.overrides.update(dict(scan_blocks=True))
+  # The first run's model: its init and eval programs come from the compilation cache.
+  again.model.overrides.update(dict(scan_blocks=True, remat="dots_no_batch"))
   back = jax.device_get(loop.train_and_evaluate(again, str(tmp_path / "again")).state.params)
   jax.tree.map(np.testing.assert_array_equal, back, trained)

@@ -5,6 +5,9 @@ given step (and, for SIGKILL, committed a checkpoint), the way a scheduler would
 production loop has no fault-injection hook. Where the signal lands is up to timing, so the
 tests check what must hold wherever it lands: the resumed run's losses equal the
 uninterrupted run's at every step.
+
+All launches of a config after the first load its compiled programs from a shared
+persistent compilation cache (``train_runs.compilation_cache_env``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,17 @@ import pytest
 
 from swin_jax.data import demo_dataset
 from swin_jax.train import checkpoint as checkpoint_lib
-from train_runs import REPO, TINY_CONFIG, check, run_main, train_losses
+from train_runs import (REPO, TINY_CONFIG, check, compilation_cache_dir, compilation_cache_env,
+                        metric_lines, run_main, train_losses)
 
-TOTAL = 60                     # long enough that a signal lands mid-run
-STEPS = f"--config.total_steps={TOTAL}"
+# Long enough that a signal sent from step 6 on lands mid-run: SIGTERM stops the run at its
+# next step, and a committed checkpoint exists by step 2 * EVERY + 1 at the latest (each save
+# waits for the previous one to be committed), so SIGKILL lands before the end too. Saves
+# are few (each costs about a second on 2 loaded cores) but resumes still cross one.
+TOTAL = 32
+EVERY = 8
+RUN_FLAGS = (f"--config.total_steps={TOTAL}", f"--config.checkpoint_every_steps={EVERY}")
+UNET_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_unet.py")
 _STEP_LINE = re.compile(r"^step\s+(\d+)/")
 
 
@@ -35,18 +45,30 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, data_dir):
-  """The uninterrupted run: ``{step: loss}`` for steps 1..TOTAL, and its workdir."""
-  workdir = str(tmp_path_factory.mktemp("reference"))
-  check(run_main(workdir, data_dir, STEPS))
+def cache_env(tmp_path_factory):
+  """The environment of every launch: the shared compilation cache."""
+  return compilation_cache_env(compilation_cache_dir(tmp_path_factory))
+
+
+def _reference_run(workdir: str, data_dir: str, env: dict, config: str = TINY_CONFIG) -> dict:
+  """Runs ``config`` uninterrupted in ``workdir``; returns ``{step: loss}`` for 1..TOTAL."""
+  check(run_main(workdir, data_dir, *RUN_FLAGS, config=config, env=env))
   losses = train_losses(workdir)
   assert [step for step, _ in losses] == list(range(1, TOTAL + 1))
-  return dict(losses), workdir
+  return dict(losses)
 
 
-def _main_command(workdir: str, data_dir: str, *flags: str) -> list[str]:
-  return [sys.executable, "-m", "swin_jax.main", f"--config={TINY_CONFIG}",
-          f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", STEPS, *flags]
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir, cache_env):
+  """The uninterrupted run: ``{step: loss}`` for steps 1..TOTAL, and its workdir."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  return _reference_run(workdir, data_dir, cache_env), workdir
+
+
+def _main_command(workdir: str, data_dir: str, *flags: str,
+                  config: str = TINY_CONFIG) -> list[str]:
+  return [sys.executable, "-m", "swin_jax.main", f"--config={config}",
+          f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", *RUN_FLAGS, *flags]
 
 
 def _committed_steps(workdir: str) -> list[int]:
@@ -91,46 +113,71 @@ def assert_same_as_reference(workdir, reference_losses, rel=0.0):
     assert loss == pytest.approx(reference_losses[step], rel=rel, abs=rel and 1e-6), step
 
 
-def test_sigkill_after_a_checkpoint_resumes_bit_for_bit(tmp_path, data_dir, reference):
-  workdir = str(tmp_path / "run")
-  process = _popen(_main_command(workdir, data_dir))
+def _sigkill_after_a_checkpoint_and_resume(workdir: str, data_dir: str, env: dict,
+                                           config: str = TINY_CONFIG) -> None:
+  """Kills a run of ``config`` once it has committed a checkpoint (step >= 6), then reruns
+  the same command to the end."""
+  process = _popen(_main_command(workdir, data_dir, config=config), env)
   signal_when([process], 0, 0, signal.SIGKILL, at_step=6, workdir=workdir,
               need_checkpoint=True)
   assert process.returncode == -signal.SIGKILL
   saved = checkpoint_lib.Checkpointer(workdir).latest_step()
-  assert saved is not None and 4 <= saved < TOTAL and saved % 4 == 0
-  resumed = check(run_main(workdir, data_dir, STEPS))
+  assert saved is not None and EVERY <= saved < TOTAL and saved % EVERY == 0
+  resumed = check(run_main(workdir, data_dir, *RUN_FLAGS, config=config, env=env))
   assert f"resuming from checkpoint at step {saved}" in resumed.stdout
   steps = [s for s, _ in train_losses(workdir)]
   assert steps[-(TOTAL - saved):] == list(range(saved + 1, TOTAL + 1))
+
+
+def test_sigkill_after_a_checkpoint_resumes_bit_for_bit(tmp_path, data_dir, reference,
+                                                        cache_env):
+  workdir = str(tmp_path / "run")
+  _sigkill_after_a_checkpoint_and_resume(workdir, data_dir, cache_env)
   assert_same_as_reference(workdir, reference[0])
 
 
-def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(tmp_path, data_dir,
-                                                                    reference):
+def _final_eval(workdir: str) -> dict:
+  """The metrics of the run's last evaluation (at TOTAL, the end of the run)."""
+  return [m for m in metric_lines(workdir) if "eval/loss" in m][-1]
+
+
+def test_sigkill_of_a_swin_unet_run_resumes_bit_for_bit(tmp_path, data_dir, cache_env):
+  """Segmentation through the same loop: Swin-Unet on digit scenes (built on first use),
+  with the host-side random rotations and drop path. The final params are compared
+  through the end-of-run evaluation on the test scenes."""
+  reference = str(tmp_path / "reference")
+  reference_losses = _reference_run(reference, data_dir, cache_env, UNET_CONFIG)
   workdir = str(tmp_path / "run")
-  process = _popen(_main_command(workdir, data_dir))
+  _sigkill_after_a_checkpoint_and_resume(workdir, data_dir, cache_env, UNET_CONFIG)
+  assert_same_as_reference(workdir, reference_losses)
+  assert _final_eval(workdir) == _final_eval(reference)
+
+
+def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(tmp_path, data_dir,
+                                                                    reference, cache_env):
+  workdir = str(tmp_path / "run")
+  process = _popen(_main_command(workdir, data_dir), cache_env)
   (stdout,) = signal_when([process], 0, 0, signal.SIGTERM, at_step=6, workdir=workdir,
                           need_checkpoint=False)
   assert process.returncode == 0, stdout[-3000:]
   saved = int(re.search(r"preempted: saved step (\d+)", stdout).group(1))
   assert 6 <= saved < TOTAL
   assert checkpoint_lib.Checkpointer(workdir).latest_step() == saved
-  resumed = check(run_main(workdir, data_dir, STEPS))
+  resumed = check(run_main(workdir, data_dir, *RUN_FLAGS, env=cache_env))
   assert f"resuming from checkpoint at step {saved}" in resumed.stdout
   assert [s for s, _ in train_losses(workdir)] == list(range(1, TOTAL + 1))
   assert_same_as_reference(workdir, reference[0])
 
 
 def test_half_written_checkpoint_is_ignored_for_the_last_complete_one(tmp_path, data_dir,
-                                                                      reference):
+                                                                      reference, cache_env):
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[1], workdir)
   os.remove(os.path.join(workdir, "metrics.jsonl"))
   last = os.path.join(workdir, "checkpoints", str(TOTAL))
   os.remove(os.path.join(last, checkpoint_lib.COMMIT_FILE))  # as if killed mid-write
-  resumed = check(run_main(workdir, data_dir, STEPS))
-  previous = TOTAL - 4
+  resumed = check(run_main(workdir, data_dir, *RUN_FLAGS, env=cache_env))
+  previous = TOTAL - EVERY
   assert f"resuming from checkpoint at step {previous}" in resumed.stdout
   assert [s for s, _ in train_losses(workdir)] == list(range(previous + 1, TOTAL + 1))
   assert_same_as_reference(workdir, {s: reference[0][s] for s in range(previous + 1, TOTAL + 1)})
@@ -143,12 +190,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _two_hosts(workdir: str, data_dir: str) -> list[subprocess.Popen]:
+def _two_hosts(workdir: str, data_dir: str, cache_env: dict) -> list[subprocess.Popen]:
   """The main job as 2 processes x 4 CPU devices (jax.distributed + gloo on localhost)."""
   port = _free_port()
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  env = {**cache_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
   # Periodic multi-host saves are slow on a loaded CPU machine; the preemption save and
-  # the final one are all this test needs.
+  # the final one are all this test needs (the later flag overrides RUN_FLAGS' interval).
   return [_popen(_main_command(workdir, data_dir, "--config.checkpoint_every_steps=1000",
                                "--distributed",
                                f"--coordinator_address=127.0.0.1:{port}",
@@ -157,11 +204,11 @@ def _two_hosts(workdir: str, data_dir: str) -> list[subprocess.Popen]:
 
 
 def test_two_hosts_agree_on_the_preemption_step_and_resume_like_one_host(tmp_path, data_dir,
-                                                                         reference):
+                                                                         reference, cache_env):
   """SIGTERM reaches only host 1; JAX's preemption service makes both hosts save the same
   step and exit 0. Resumed on 2 hosts, the losses equal the 1 x 8-device run's."""
   workdir = str(tmp_path / "run")
-  hosts = _two_hosts(workdir, data_dir)
+  hosts = _two_hosts(workdir, data_dir, cache_env)
   outputs = signal_when(hosts, watched=0, target=1, signum=signal.SIGTERM, at_step=6,
                         workdir=workdir, need_checkpoint=False)
   for host, output in zip(hosts, outputs):
@@ -172,7 +219,7 @@ def test_two_hosts_agree_on_the_preemption_step_and_resume_like_one_host(tmp_pat
   (step,) = saved
   assert checkpoint_lib.Checkpointer(workdir).latest_step() == step < TOTAL
 
-  hosts = _two_hosts(workdir, data_dir)
+  hosts = _two_hosts(workdir, data_dir, cache_env)
   for host in hosts:
     stdout, _ = host.communicate(timeout=600)
     assert host.returncode == 0, stdout[-3000:]
