@@ -109,19 +109,16 @@ def buffers(model: SwinUnet) -> StateDict:
   return out
 
 
-def resize_bias_tables(sd: Mapping[str, np.ndarray], model: SwinUnet
-                       ) -> tuple[StateDict, tuple[tuple[str, str], ...]]:
-  """Relative-position bias tables of another window size -> the model's windows.
+def misfit_bias_tables(sd: Mapping[str, np.ndarray], model: SwinUnet) -> dict[str, tuple[int, int]]:
+  """The square bias tables of ``sd`` (model keys) whose window differs from the model's.
 
-  ``sd`` has the model's keys (``to_model_keys``). Every encoder (``layers.i``) and decoder
-  (``layers_up.i``, at encoder stage ``n-1-i``'s resolution) block table whose square side
-  differs from the block's (clamped) window is resized bicubically as the official
-  fine-tuning does (``resize.resize_bias_table``). Tables of another head count, and keys
-  the model lacks, pass through for the loader to report.
+  Every encoder (``layers.i``) and decoder (``layers_up.i``, at encoder stage ``n-1-i``'s
+  resolution) block table is compared with the block's (clamped) window. Tables of another
+  head count, and keys the model lacks, are not misfits here: the loader reports them.
 
-  Returns ``(sd, adapted)``, ``adapted`` as ``LoadReport.adapted``: ``(key, how)``.
+  Returns ``{key: (2*window_h - 1, 2*window_w - 1)}``, the sides the model's table has.
   """
-  out, adapted = dict(sd), []
+  misfits = {}
   for key, value in sd.items():
     match = _TABLE_KEY.match(key)
     if not match:
@@ -132,10 +129,25 @@ def resize_bias_tables(sd: Mapping[str, np.ndarray], model: SwinUnet
       continue
     window, _ = model.block_geometry(stage, block)
     sides = (2 * window[0] - 1, 2 * window[1] - 1)
-    value = np.asarray(value)
-    if (value.ndim != 2 or value.shape[0] == sides[0] * sides[1] or
-        value.shape[1] != model.num_heads[stage] or not resize.is_square_table(value.shape[0])):
-      continue
+    shape = np.shape(value)
+    if (len(shape) == 2 and shape[0] != sides[0] * sides[1] and
+        shape[1] == model.num_heads[stage] and resize.is_square_table(shape[0])):
+      misfits[key] = sides
+  return misfits
+
+
+def resize_bias_tables(sd: Mapping[str, np.ndarray], model: SwinUnet
+                       ) -> tuple[StateDict, tuple[tuple[str, str], ...]]:
+  """Relative-position bias tables of another window size -> the model's windows.
+
+  ``sd`` has the model's keys (``to_model_keys``). Each ``misfit_bias_tables`` entry is
+  resized bicubically as the official fine-tuning does (``resize.resize_bias_table``).
+
+  Returns ``(sd, adapted)``, ``adapted`` as ``LoadReport.adapted``: ``(key, how)``.
+  """
+  out, adapted = dict(sd), []
+  for key, sides in misfit_bias_tables(sd, model).items():
+    value = np.asarray(sd[key])
     out[key] = resize.resize_bias_table(value, sides)
     logging.warning("window differs from the checkpoint's: resizing %s %s -> %s (bicubic)",
                     key, value.shape, out[key].shape)
@@ -218,6 +230,10 @@ def load_swin_unet_from_imagenet(source: str | os.PathLike | Mapping[str, Any],
   from swin_jax.convert import state_dict_io, torch_checkpoint
   sd = torch_checkpoint.to_official_layout(state_dict_io.read_state_dict(source), num_stages=4)
   mirrored = mirror_encoder(sd)
+  # The official load_from deletes shape-mismatched keys: bias tables of another window
+  # stay at init here, where load_with_report would resize them.
+  misfit_keys = tuple(misfit_bias_tables(mirrored, model))
+  mirrored = {k: v for k, v in mirrored.items() if k not in misfit_keys}
   params, report = torch_checkpoint.load_with_report(
       mirrored, model, allow=torch_checkpoint.ALL_PROBLEMS, fallback_params=fallback_params,
       log_level=log_level)
@@ -226,7 +242,8 @@ def load_swin_unet_from_imagenet(source: str | os.PathLike | Mapping[str, Any],
   adapted = tuple((key, f"mirrored from the encoder: {sources[key]}")
                   for key in report.loaded if key in sources)
   # Mirrored copies the decoder cannot use are not checkpoint entries: not "dropped".
-  dropped = tuple(key for key in report.dropped if key not in sources)
+  dropped = tuple(key for key in report.dropped if key not in sources) + tuple(
+      key for key in misfit_keys if key.startswith("layers."))
   report = dataclasses.replace(report, dropped=dropped, adapted=report.adapted + adapted)
   logging.log(log_level, "Swin-Unet load_from:\n%s", report.summary())
   return params, report
