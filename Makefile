@@ -22,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m swin_jax.main --config=configs/demo.py --workdir=runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 # Speed, compile time, memory and MACs of swin_jax beside timm, in one run (slow on 2 cores).
 bench: $(STAMP)

@@ -20,9 +20,11 @@ from typing import Iterator
 
 import numpy as np
 
-from swin_jax.data.fake_data import build_fake_imagenet, build_fake_imagenet22k
+from swin_jax.data.fake_data import (build_fake_imagenet, build_fake_imagenet22k,
+                                     build_fake_scene_parse150)
 
-__all__ = ["build_fake_imagenet", "build_fake_imagenet22k", "build_fake_synapse",
+__all__ = ["build_fake_imagenet", "build_fake_imagenet22k", "build_fake_scene_parse150",
+           "build_fake_synapse",
            "fake_imagenet", "write_fake_synapse"]
 
 

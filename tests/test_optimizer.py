@@ -424,3 +424,55 @@ def test_three_sgd_updates_match_torch_sgd_with_coupled_weight_decay():
     np.testing.assert_allclose(params["fc"][k], p.detach().numpy(), atol=1e-6, rtol=0)
   # The lr really moved between the updates (poly), and decay reached the bias.
   assert schedule(0) > schedule(1) > schedule(2)
+
+
+def mmcv_poly_with_linear_warmup(t: int, base_lr: float, max_iters: int, warmup_iters: int,
+                                 warmup_ratio: float, power: float, min_lr: float) -> float:
+  """mmcv 1.x ``PolyLrUpdaterHook(by_epoch=False, warmup='linear')`` before iteration
+  ``t`` (``runner.iter``): ``get_regular_lr`` is the poly value of ``t`` over the whole
+  run; during warmup ``get_warmup_lr`` scales *that* value by ``1 - k``."""
+  regular = (base_lr - min_lr) * (1 - t / max_iters) ** power + min_lr
+  if t >= warmup_iters:
+    return regular
+  k = (1 - t / warmup_iters) * (1 - warmup_ratio)
+  return regular * (1 - k)
+
+
+def test_mmcv_warmup_scales_the_scheduled_poly_lr():
+  """The mmseg ADE20K schedule: lr 6e-5, warmup 1500 (ratio 1e-6), poly 1.0 to 0, 160k."""
+  config = make_config(base_lr=6e-5, reference_batch_size=16, schedule="poly", poly_power=1.0,
+                       min_lr=0.0, warmup_mode="mmcv", warmup_steps=1500, warmup_ratio=1e-6)
+  total = 160_000
+  schedule = opt_lib.learning_rate_schedule(config.optimizer, 16, total, 1263)
+  steps = [0, 1, 2, 749, 750, 1498, 1499, 1500, 1501, 80_000, 159_999, total]
+  for t in steps:
+    expected = mmcv_poly_with_linear_warmup(t, 6e-5, total, 1500, 1e-6, 1.0, 0.0)
+    # mmcv's 1 - (1 - t/W)(1 - 1e-6) loses ~1e-11 to cancellation even in float64.
+    assert schedule(t) == pytest.approx(expected, rel=1e-9, abs=0), t
+  assert schedule(0) == pytest.approx(6e-5 * 1e-6)
+  # Not the base lr times the factor: at t = 750 the poly value is already below 6e-5.
+  base_times_factor = 6e-5 * (1 - 0.5 * (1 - 1e-6))
+  assert schedule(750) < base_times_factor
+  assert schedule(750) == pytest.approx(base_times_factor * (1 - 750 / total), rel=1e-12)
+  # Traced (float32, as optax calls it).
+  np.testing.assert_allclose(jax.jit(schedule)(jnp.asarray(steps)),
+                             [schedule(t) for t in steps], rtol=1e-5, atol=1e-16)
+
+
+def test_mmcv_poly_decays_to_min_lr_and_timm_mode_is_unchanged():
+  mmcv = opt_lib.learning_rate_schedule(
+      make_config(schedule="poly", poly_power=0.9, base_lr=0.01, reference_batch_size=512,
+                  min_lr=1e-4, warmup_mode="mmcv", warmup_steps=0).optimizer, 512, 100, 10)
+  assert mmcv(0) == pytest.approx(0.01)
+  assert mmcv(50) == pytest.approx((0.01 - 1e-4) * 0.5 ** 0.9 + 1e-4)
+  assert mmcv(100) == pytest.approx(1e-4)
+  # warmup_steps replaces warmup_epochs in the timm rule too; min_lr stays unused by poly.
+  timm = opt_lib.learning_rate_schedule(
+      make_config(schedule="poly", poly_power=0.9, base_lr=0.01, reference_batch_size=512,
+                  min_lr=1e-4, warmup_lr=0.0, warmup_epochs=5.0, warmup_steps=10).optimizer,
+      512, 110, 10)
+  assert timm(5) == pytest.approx(0.005)
+  assert timm(10) == pytest.approx(0.01)
+  assert timm(60) == pytest.approx(0.01 * 0.5 ** 0.9)
+  with pytest.raises(ValueError, match="optimizer.warmup_mode 'linear' is not one of"):
+    opt_lib.learning_rate_schedule(make_config(warmup_mode="linear").optimizer, 512, 20, 10)

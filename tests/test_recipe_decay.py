@@ -240,3 +240,82 @@ def test_mmseg_rule_on_a_nested_scanned_backbone():
   classification = opt_lib.decayed_official_names(scanned, config_lib.base_config().optimizer)
   assert classification == {n for n in expected if not n.endswith(".bias")
                             and n != "decode_head.bn.weight"}
+
+
+# ---------------------------------------------------------------------------------------
+# The UperNet recipes (configs/upernet/*.py): the mmseg rule on the official state dict.
+
+UPERNET_CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(REPO, "configs", "upernet", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py"))
+# Tensors of UperNet Swin-T that the official rule leaves undecayed: every backbone LayerNorm
+# (patch_embed.norm, norm1/norm2 of 12 blocks, 3 downsample norms, norm0..3: 64 tensors)
+# and the 12 relative-position bias tables.
+SWIN_T_NO_DECAY = 76
+
+
+def official_upernet_shapes(config) -> dict[str, tuple[int, ...]]:
+  """``{official state-dict name: shape}`` of the recipe's UperNet, built in PyTorch: the
+  backbone from timm's Swin (official names, the classifier's ``norm``/``head`` replaced
+  by the dense backbone's ``norm0..3``), the heads from mmseg 1.2.2's ``UPerHead`` and
+  ``FCNHead`` (meta tensors)."""
+  import torch
+  import timm
+  from mm_oracle import mmseg_heads
+  from torch_oracle import timm_to_official
+  model = tasks.get_task(config).build_model()   # swin_jax's UperNet: only its sizes
+  swin_fields = model.backbone
+  timm_name = {"upernet_swin_tiny_patch4_window7_512": "swin_tiny_patch4_window7_224",
+               "upernet_swin_small_patch4_window7_512": "swin_small_patch4_window7_224",
+               "upernet_swin_base_patch4_window7_512": "swin_base_patch4_window7_224"}
+  kwargs = {k: getattr(swin_fields, k) for k in ("patch_size", "embed_dim", "depths",
+                                                  "num_heads", "window_size")}
+  kwargs["depths"], kwargs["num_heads"] = tuple(kwargs["depths"]), tuple(kwargs["num_heads"])
+  with torch.device("meta"):
+    swin = timm.create_model(timm_name[config.model.name], pretrained=False, num_classes=0,
+                             img_size=kwargs["patch_size"] * 8 * kwargs["window_size"],
+                             **kwargs)
+    backbone = timm_to_official({k: tuple(p.shape) for k, p in swin.named_parameters()})
+    backbone = {k: s for k, s in backbone.items() if not k.startswith(("norm.", "head."))}
+    widths = [kwargs["embed_dim"] * 2 ** i for i in range(len(kwargs["depths"]))]
+    for i, width in enumerate(widths):
+      backbone.update({f"norm{i}.weight": (width,), f"norm{i}.bias": (width,)})
+    decode, aux = mmseg_heads(widths, model.channels, model.aux_channels, model.num_classes,
+                              tuple(model.pool_scales), aux_in_index=model.aux_in_index)
+  shapes = {f"backbone.{k}": s for k, s in backbone.items()}
+  for prefix, head in (("decode_head.", decode), ("auxiliary_head.", aux)):
+    shapes.update({prefix + k: tuple(p.shape) for k, p in head.named_parameters()})
+  return shapes
+
+
+def mmseg_rule_decays(name: str) -> bool:
+  """The forks' ``paramwise_cfg``: decay_mult 0 for these substrings, nothing else."""
+  return not any(key in name for key in MMSEG_CUSTOM_KEYS)
+
+
+def test_upernet_recipes_are_found():
+  assert {"swin_t_ade20k_160k.py", "swin_s_ade20k_160k.py", "swin_b_ade20k_160k.py",
+          "demo.py"} <= {os.path.basename(p) for p in UPERNET_CONFIGS}
+
+
+@pytest.mark.parametrize("path", UPERNET_CONFIGS, ids=os.path.basename)
+def test_upernet_recipe_decays_exactly_the_mmseg_rule(path):
+  from swin_jax.convert import upernet as upernet_convert
+  config = load_config(path)
+  config_lib.validate_config(config)
+  abstract = abstract_params(config)
+  official = official_upernet_shapes(config)
+  # mmseg's PPM branch psp_modules.i.1.conv is psp_modules.i.conv here (no pooling module).
+  official = {upernet_convert.to_model_key(k): s for k, s in official.items()}
+  ours = by_official_name(abstract, lambda *_: None)
+  assert set(ours) == set(official), sorted(set(ours) ^ set(official))
+  expected = {n for n in official if mmseg_rule_decays(n)}
+  decayed = decayed_by_one_update(config, ones_like_abstract(abstract))
+  assert decayed == expected, (f"wrongly decayed: {sorted(decayed - expected)}; "
+                               f"wrongly not decayed: {sorted(expected - decayed)}")
+  assert opt_lib.decayed_official_names(abstract, config.optimizer) == expected
+  # Biases and the heads' BatchNorm weights (".bn.", not "norm") are decayed.
+  assert "decode_head.fpn_bottleneck.bn.weight" in decayed
+  assert "backbone.layers.0.blocks.0.attn.qkv.bias" in decayed
+  if os.path.basename(path) == "swin_t_ade20k_160k.py":
+    assert len(official) - len(expected) == SWIN_T_NO_DECAY

@@ -74,6 +74,27 @@ def test_loss_is_the_official_ce_and_dice():
   np.testing.assert_allclose(float(metrics["dice"]), dice, rtol=1e-5)
 
 
+def test_ce_dice_loss_leaves_ignored_pixels_out():
+  """Pixels labelled 255 count in neither term: CE is ``CrossEntropyLoss(ignore_index=255)``
+  (mean over the rest) and Dice the official one over the remaining pixels."""
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(2, 8, 8, 4)).astype(np.float32) * 3
+  labels = rng.integers(0, 4, size=(2, 8, 8)).astype(np.int32)
+  labels[0, :3] = 255
+  keep = labels != 255
+  # The kept pixels as one (1, N, 1) "image": the official losses see exactly those.
+  ce, dice = official_losses(logits[keep][None, :, None], labels[keep][None, :, None])
+  config = config_lib.base_config("segmentation")
+  config.dataset.num_classes = 4
+  task = tasks.get_task(config)
+  loss, (metrics, _) = task.loss_fn(Identity(4), {}, {}, {"image": jnp.asarray(logits),
+                                                          "label": jnp.asarray(labels)},
+                                    jax.random.PRNGKey(0))
+  np.testing.assert_allclose(float(metrics["ce"]), ce, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["dice"]), dice, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), 0.4 * ce + 0.6 * dice, rtol=1e-5)
+
+
 def _dihedral(label: np.ndarray) -> dict[str, list[np.ndarray]]:
   rotations = [np.rot90(label, k) for k in range(4)]
   return {"identity": [label], "reflection": [np.flip(r, a) for r in rotations for a in (0, 1)]}

@@ -33,6 +33,38 @@ def load_config(path):
   return module.get_config()
 
 
+def shrink_to_tiny(config):
+  """The config's model with 2 blocks of width 8 per stage (the official recipes scan over
+  block pairs) and one drop-path rate; UperNet heads 16 (aux 8) channels wide. Recipes that
+  differ only in model size (swin_{t,s,b}_1k, swin_{b,l}_22k, the three ADE20K ones) then
+  build the same tiny model and share its compiled programs."""
+  fields = registry.model_config(config.model.name, **config.model.overrides)
+  stages = len(fields["depths"])
+  config.model.overrides.update(dict(embed_dim=8, depths=(2,) * stages,
+                                     num_heads=(1,) * stages, drop_path_rate=0.1))
+  if "aux_channels" in fields:
+    config.model.overrides.update(dict(channels=16, aux_channels=8))
+  return config
+
+
+def tiny_program_group(path) -> str:
+  """Configs whose shrunk model, data shape and task give one program share a group, so
+  pytest-xdist (``--dist loadgroup``) runs them on one worker: the first compiles, the
+  others read the persistent compilation cache."""
+  config = shrink_to_tiny(load_config(path))
+  fields = registry.model_config(config.model.name, **config.model.overrides)
+  fields.pop("drop_path_rate", None)
+  return repr((config.task.name, config.dataset.num_classes, config.dataset.image_size,
+               sorted(fields.items())))
+
+
+def shipped_config_params():
+  groups = {path: tiny_program_group(path) for path in SHIPPED_CONFIGS}
+  return [pytest.param(path, id=os.path.relpath(path, os.path.join(REPO, "configs")),
+                       marks=pytest.mark.xdist_group(f"shipped_{sorted(set(groups.values())).index(group)}"))
+          for path, group in groups.items()]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
   """Runs that share a program (recipes that differ only in model size, once shrunk; one
@@ -43,13 +75,15 @@ def compilation_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  """Real demo digits, a fake imagenet2012 (1000 classes), a fake imagenet22k and a fake
-  Synapse (32 px slices); digit scenes build themselves on first use."""
+  """Real demo digits, a fake imagenet2012 (1000 classes), a fake imagenet22k, a fake
+  Synapse (32 px slices) and a fake ADE20K (scene_parse150); digit scenes build themselves
+  on first use."""
   path = str(tmp_path_factory.mktemp("tfds"))
   demo_dataset.ensure_demo_dataset(path)
   data_fakes.build_fake_imagenet(path, num_examples=16, eval_examples=8, num_classes=1000)
   data_fakes.build_fake_imagenet22k(path, num_classes=3, train_per_class=4)
   data_fakes.build_fake_synapse(path, train_slices=8, size=32)
+  data_fakes.build_fake_scene_parse150(path, num_examples=8, eval_examples=4)
   return path
 
 
@@ -60,18 +94,12 @@ def test_shipped_configs_are_found():
           "swinv2_b_22k.py", "swinv2_b_22kto1k_256.py"} <= names
 
 
-@pytest.mark.parametrize("path", SHIPPED_CONFIGS,
-                         ids=lambda p: os.path.relpath(p, os.path.join(REPO, "configs")))
+@pytest.mark.parametrize("path", shipped_config_params())
 def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp_path):
   """The config as shipped (dataset, classes, image size, recipe) with a tiny model/batch."""
   config = load_config(path)
   config_lib.validate_config(config)
-  stages = len(registry.model_config(config.model.name, **config.model.overrides)["depths"])
-  # Two blocks per stage: the official recipes scan over block pairs. One drop-path rate:
-  # recipes that differ only in model size (swin_{t,s,b}_1k, swin_{b,l}_22k) then build the
-  # same tiny model and share its compiled programs.
-  config.model.overrides.update(dict(embed_dim=8, depths=(2,) * stages,
-                                     num_heads=(1,) * stages, drop_path_rate=0.1))
+  shrink_to_tiny(config)
   config.dataset.data_dir = data_dir
   config.dataset.read_threads = 2
   config.batch_size = config.eval_batch_size = 8
@@ -86,10 +114,18 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
     config.dataset.name = digit_scenes.dataset_name(size, num_train=16, num_test=8)
   if config.dataset.name == "synapse":
     config.task.label_size = 32                 # the fake volumes' slice size
+  if config.dataset.name == "scene_parse150":
+    # mmseg's loss resizes the 150-class logits to the label: 1.3 GB per (8, 512, 512, 150)
+    # float32 tensor, several live at once. 128 px keeps the recipe's program small.
+    config.dataset.image_size = 128
+    if "mmseg" in config.task:
+      config.task.mmseg.crop_size = 128
   result = loop.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(result.metrics["train/loss"])
   if config.task.name == "segmentation":
-    assert result.state.params["output"]["kernel"].shape[-1] == config.dataset.num_classes
+    params = result.state.params   # Swin-Unet's final conv, or UperNet's decode conv_seg
+    classifier = params["output"] if "output" in params else params["decode_head"]["conv_seg"]
+    assert classifier["kernel"].shape[-1] == config.dataset.num_classes
     assert 0.0 <= result.metrics["eval/mean_dice"] <= 1.0
   else:
     assert result.state.params["head"]["bias"].shape[0] == config.dataset.num_classes

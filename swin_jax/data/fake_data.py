@@ -80,6 +80,43 @@ def build_fake_imagenet22k(data_dir: str, *, num_classes: int = 3, train_per_cla
     imagenet22k.build(manual_dir, data_dir)
 
 
+def _png(array: np.ndarray) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def build_fake_scene_parse150(data_dir: str, *, num_examples: int = 8, eval_examples: int = 4,
+                              sizes: tuple[int, int] = (24, 64), seed: int = 0) -> None:
+  """Builds ``scene_parse150`` with splits 'train' / 'test' under ``data_dir``, with the
+  registered builder's features and version: ``image`` JPEG of random size in ``sizes``,
+  ``annotation`` a 3-channel PNG of the same size whose first channel holds labels 0..150
+  in rectangles (0 = 'other', as in ADE20K)."""
+  rng = np.random.default_rng(seed)
+
+  def example(i: int, split: str):
+    image = _random_image(rng, sizes)
+    w, h = image.size
+    label = np.zeros((h, w), np.uint8)
+    for _ in range(3):
+      y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+      label[y0:y0 + h // 2, x0:x0 + w // 2] = rng.integers(1, 151)
+    annotation = np.stack([label, np.zeros_like(label), np.zeros_like(label)], axis=-1)
+    return f"{split}_{i}", {"image": _jpeg(image), "annotation": _png(annotation)}
+
+  builder_cls = tfds.builder_cls("scene_parse150")
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="scene_parse150", version=str(builder_cls.VERSION),
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "annotation": tfds.features.Image(encoding_format="png"),
+      }),
+      data_dir=data_dir,
+      split_datasets={"train": [example(i, "train") for i in range(num_examples)],
+                      "test": [example(i, "test") for i in range(eval_examples)]},
+      file_format="array_record")
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m swin_jax.data.fake_data",
                                    description=__doc__.split("\n")[0])

@@ -89,8 +89,15 @@ def base_config(task: str = "classification") -> ConfigDict:
       min_lr=5e-6,
       reference_batch_size=512,
       warmup_epochs=20.0,
+      warmup_steps=-1,               # >= 0: warmup length in steps (mmcv's warmup_iters),
+                                     # instead of warmup_epochs
+      # 'timm': warmup from warmup_lr to lr, then the schedule (the Swin classification
+      # code); 'mmcv': the schedule over the whole run, its lr scaled during warmup by
+      # 1 - (1 - t / W) * (1 - warmup_ratio) (mmcv 1.x, the mmseg/mmdet recipes).
+      warmup_mode="timm",
+      warmup_ratio=0.1,              # 'mmcv' only: the factor at t = 0 (mmcv's default)
       schedule="cosine",             # 'cosine' | 'linear' | 'constant' | 'poly' (after warmup)
-      poly_power=0.9,                # 'poly': lr * (1 - t / T) ** poly_power
+      poly_power=0.9,                # 'poly': lr * (1 - t / T) ** poly_power ('mmcv': to min_lr)
       weight_decay=0.05,
       b1=0.9,
       b2=0.999,

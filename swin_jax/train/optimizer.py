@@ -9,7 +9,8 @@ Pieces, each matching the official code (``microsoft/Swin-Transformer``: ``main.
 
 - learning rates are given per ``reference_batch_size`` images and scaled linearly;
 - linear warmup, then timm's ``CosineLRScheduler`` (``warmup_prefix=True``,
-  ``cycle_limit=1``) evaluated per optimizer update;
+  ``cycle_limit=1``) evaluated per optimizer update; or (``warmup_mode='mmcv'``) mmcv 1.x's
+  rule, where warmup scales the lr the schedule gives that update (the mmseg recipes);
 - global-norm clipping, then AdamW whose decoupled weight decay skips, by official param
   name (``config.optimizer.no_decay_1d_and_bias`` / ``no_decay_keywords``), 1-D params,
   biases, position tables and the V2 ``cpb_mlp``/``logit_scale``;
@@ -52,6 +53,7 @@ NO_DECAY_KEYWORDS = ("absolute_pos_embed", "relative_position_bias_table", "cpb_
                      "logit_scale", "mask_token")
 
 SCHEDULES = ("cosine", "linear", "constant", "poly")
+WARMUP_MODES = ("timm", "mmcv")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -73,13 +75,36 @@ def scaled_learning_rates(opt_cfg: ml_collections.ConfigDict,
   return (opt_cfg.base_lr * factor, opt_cfg.warmup_lr * factor, opt_cfg.min_lr * factor)
 
 
+def warmup_updates(opt_cfg: ml_collections.ConfigDict, total_updates: int,
+                   updates_per_epoch: int, grad_accum_steps: int = 1) -> int:
+  """Warmup length in optimizer updates: ``warmup_steps // grad_accum_steps`` when
+  ``warmup_steps >= 0`` (mmcv's ``warmup_iters``), else ``int(warmup_epochs *
+  updates_per_epoch)`` (the official Swin ``int()``); at most half of a shorter run."""
+  steps = int(opt_cfg.get("warmup_steps", -1))
+  if steps >= 0:
+    warmup, unit = steps // grad_accum_steps, f"{steps} steps"
+  else:
+    warmup = int(opt_cfg.warmup_epochs * updates_per_epoch)
+    unit = f"{opt_cfg.warmup_epochs} epochs x {updates_per_epoch}"
+  if warmup >= total_updates:
+    # A short smoke run of a long recipe (e.g. --config.total_steps=10): warm up over half
+    # of it rather than refuse to run.
+    logging.warning("warmup (%d updates = %s) >= total updates %d; warming up over %d "
+                    "updates instead", warmup, unit, total_updates, total_updates // 2)
+    warmup = total_updates // 2
+  return warmup
+
+
 def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
-                           total_updates: int, updates_per_epoch: int) -> optax.Schedule:
+                           total_updates: int, updates_per_epoch: int,
+                           grad_accum_steps: int = 1) -> optax.Schedule:
   """The lr as a function of the optimizer update count (0 for the first update).
 
-  Warmup: ``warmup_lr + t * (lr - warmup_lr) / W`` for ``t < W``, with
-  ``W = int(warmup_epochs * updates_per_epoch)`` (the official ``int()``).
-  After warmup, with ``u = t - W`` and ``T = total_updates - W``:
+  ``W`` is ``warmup_updates(...)``. Two warmup rules (``optimizer.warmup_mode``):
+
+  ``'timm'`` (the Swin classification code; default): warmup is a prefix of the run,
+  ``warmup_lr + t * (lr - warmup_lr) / W`` for ``t < W``; after it, with ``u = t - W`` and
+  ``T = total_updates - W``:
     cosine:   ``min_lr + 0.5 * (lr - min_lr) * (1 + cos(pi * u / T))`` for ``u < T``, and
               ``min_lr`` from ``u = T`` on (timm ``cycle_limit=1``: no restart);
     linear:   ``lr - (lr - min_lr) * min(u / T, 1)``;
@@ -89,23 +114,30 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
               iteration count, so its update ``t >= 1`` runs at ``(1 - (t - 1) / T)``: one
               update behind this formula, a difference of under ``power / T`` relative.
 
+  ``'mmcv'`` (mmcv 1.x ``LrUpdaterHook``, the mmseg/mmdet forks, ``by_epoch=False``): the
+  schedule runs over the whole run, ``u = t`` and ``T = total_updates``, with poly as
+  mmcv's ``PolyLrUpdaterHook``, ``(lr - min_lr) * max(1 - t / T, 0) ** poly_power + min_lr``
+  (cosine, linear and constant as above); for ``t < W`` linear warmup multiplies *that
+  update's* scheduled lr by ``1 - (1 - t / W) * (1 - warmup_ratio)``. ``warmup_lr`` is
+  unused. mmcv sets the lr before each iteration from ``runner.iter``, the number of
+  finished ones, so update ``t`` here is mmcv's iteration ``t`` exactly.
+
   Python/numpy counts are evaluated in float64 (exact values for logging and tests);
   traced counts (inside jit, as optax calls it) in float32.
   """
   if opt_cfg.schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule {opt_cfg.schedule!r} is not one of {SCHEDULES}")
+  mode = opt_cfg.get("warmup_mode", "timm")
+  if mode not in WARMUP_MODES:
+    raise ValueError(f"optimizer.warmup_mode {mode!r} is not one of {WARMUP_MODES}")
   lr, warmup_lr, min_lr = scaled_learning_rates(opt_cfg, batch_size)
-  warmup = int(opt_cfg.warmup_epochs * updates_per_epoch)
-  if warmup >= total_updates:
-    # A short smoke run of a long recipe (e.g. --config.total_steps=10): warm up over half
-    # of it rather than refuse to run.
-    logging.warning("warmup (%d updates = %s epochs x %d) >= total updates %d; warming up "
-                    "over %d updates instead", warmup, opt_cfg.warmup_epochs,
-                    updates_per_epoch, total_updates, total_updates // 2)
-    warmup = total_updates // 2
-  decay = total_updates - warmup
+  warmup = warmup_updates(opt_cfg, total_updates, updates_per_epoch, grad_accum_steps)
+  prefix = mode == "timm"
+  # The decay phase: after the warmup prefix (timm), or the whole run (mmcv).
+  decay = total_updates - warmup if prefix else total_updates
   kind = opt_cfg.schedule
   poly_power = float(opt_cfg.get("poly_power", 0.9))
+  ratio = float(opt_cfg.get("warmup_ratio", 0.0))
   # timm: warmup_steps = (lr - warmup_lr_init) / warmup_t, then warmup_lr_init + t * step.
   warmup_slope = (lr - warmup_lr) / warmup if warmup else 0.0
 
@@ -113,18 +145,28 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
     concrete = isinstance(count, (int, np.integer, np.ndarray))
     xp = np if concrete else jnp
     t = xp.asarray(count, dtype=np.float64 if concrete else jnp.float32)
-    u = t - warmup
+    u = t - warmup if prefix else t
     if kind == "cosine":
       # timm's operation order, (pi * t_curr) / t_i, so float64 values match it exactly.
       after = min_lr + 0.5 * (lr - min_lr) * (1 + xp.cos(math.pi * u / decay))
       after = xp.where(u >= decay, min_lr, after)
     elif kind == "linear":
       after = lr - (lr - min_lr) * xp.minimum(u / decay, 1.0)
-    elif kind == "poly":
+    elif kind == "poly" and prefix:
       after = lr * xp.maximum(1.0 - u / decay, 0.0) ** poly_power
+    elif kind == "poly":
+      # (T - t) / T: exact in float32 near the end, where 1 - t / T cancels.
+      after = ((lr - min_lr) * xp.maximum((decay - u) / decay, 0.0) ** poly_power
+               + min_lr)
     else:
       after = xp.full_like(t, lr)
-    value = xp.where(t < warmup, warmup_lr + t * warmup_slope, after)
+    if prefix:
+      during = warmup_lr + t * warmup_slope
+    else:
+      # mmcv get_warmup_lr('linear'): k = (1 - t / W) * (1 - ratio), lr * (1 - k); the same
+      # factor as ratio + (1 - ratio) t / W, which float32 keeps accurate for tiny ratios.
+      during = after * (ratio + (1.0 - ratio) * t / max(warmup, 1))
+    value = xp.where(t < warmup, during, after)
     return float(value) if concrete and value.ndim == 0 else value
 
   return schedule
@@ -329,7 +371,8 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   if total_updates < 1:
     raise ValueError(f"total_steps {total_steps} gives no optimizer update with "
                      f"grad_accum_steps {k}")
-  inner = learning_rate_schedule(opt, config.batch_size, total_updates, steps_per_epoch // k)
+  inner = learning_rate_schedule(opt, config.batch_size, total_updates, steps_per_epoch // k,
+                                 grad_accum_steps=k)
 
   parts = []
   if opt.clip_grad_norm > 0:

@@ -1,0 +1,16 @@
+"""UperNet Swin-B on ADE20K, 160k iterations: the official recipe (see ``common.py``).
+
+Official result (Swin-Transformer-Semantic-Segmentation): 48.13 mIoU single scale, from
+the ImageNet-1K ``swin_base_patch4_window7_224.pth``; the ADE20K augmentation pipeline is
+not implemented yet (``common.py``), so this config does not reproduce that number yet.
+
+  python -m swin_jax.main --config=configs/upernet/swin_b_ade20k_160k.py \\
+      --workdir=runs/upernet_swin_b_ade20k \\
+      --config.init_from=/path/to/swin_base_patch4_window7_224.pth
+"""
+
+from configs.upernet import common
+
+
+def get_config():
+  return common.ade20k_160k("upernet_swin_base_patch4_window7_512")
