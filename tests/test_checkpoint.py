@@ -92,6 +92,20 @@ def test_restore_target_needs_shardings(tmp_path):
       ckpt.restore(1, {"x": jax.ShapeDtypeStruct((3,), jnp.float32)})
 
 
+def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+  """A workdir reused with another config: the error names the step, the checkpoint folder
+  and the config that wrote it, and what to do."""
+  mesh = sharding.make_mesh((-1, 1))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  with ckpt_lib.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(3, {"norm": {"scale": jnp.ones(48)}}, None)
+    ckpt.wait()
+    wider = {"norm": {"scale": jax.ShapeDtypeStruct((64,), jnp.float32, sharding=replicated)}}
+    with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                       match=r"step 3 .*checkpoints does not fit .*config\.json.*fresh --workdir"):
+      ckpt.restore(3, wider)
+
+
 def test_keeps_only_the_newest(tmp_path):
   state = {"x": jnp.arange(4.0)}
   with ckpt_lib.Checkpointer(tmp_path, keep=2) as ckpt:

@@ -102,6 +102,7 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
   shrink_to_tiny(config)
   config.dataset.data_dir = data_dir
   config.dataset.read_threads = 2
+  config.init_from = ""          # a demo's starting run (runs/demo) does not fit the tiny model
   config.batch_size = config.eval_batch_size = 8
   config.total_steps = 2
   config.log_every_steps = 1

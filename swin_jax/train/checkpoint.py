@@ -61,6 +61,10 @@ def _abstract_with_shardings(tree: PyTree) -> PyTree:
   return jax.tree.map(to_struct, tree)
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's arrays do not fit the train state asked for (another model/optimizer)."""
+
+
 class Checkpointer:
   """Async, atomic, keep-the-newest-N checkpoints of ``(state, data_state)``.
 
@@ -154,11 +158,18 @@ class Checkpointer:
     if step not in self.all_steps():
       raise FileNotFoundError(f"no complete checkpoint for step {step} under "
                               f"{self.directory}; complete steps: {self.all_steps()}")
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract_with_shardings(abstract_state)),
-            data=ocp.args.JsonRestore()))
+    target = _abstract_with_shardings(abstract_state)
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                        data=ocp.args.JsonRestore()))
+    except (ValueError, KeyError) as e:
+      # A workdir reused with another model or optimizer: orbax names only the array.
+      raise CheckpointMismatchError(
+          f"the checkpoint of step {step} under {self.directory} does not fit this run's "
+          f"train state ({type(e).__name__}: {str(e)[:300]}). It was written by another "
+          f"config (see {self.directory.parent / 'config.json'}): resume with that config, "
+          "or use a fresh --workdir.") from e
     return restored.state, restored.data
 
   def wait(self) -> None:

@@ -13,6 +13,7 @@ def get_config():
   # 64 scenes: 8 batches per epoch, so a run crosses epoch boundaries (reshuffles).
   config.dataset.name = digit_scenes.dataset_name(size=32, num_train=64, num_test=8)
   config.dataset.image_size = 32
+  config.init_from = ""          # the demo starts from runs/demo; this one from its own init
   config.dataset.read_threads = 2
   config.batch_size = 8
   config.eval_batch_size = 8
