@@ -36,7 +36,7 @@ def _run(tmp, name: str, module: str, *args: str, debug: bool = False):
   return dict(code=process.returncode, out=process.stdout + process.stderr, temp=temp)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory):
   """Every command once, on its bad input."""
   from swin_jax.convert.torch_checkpoint import export_torch_state_dict, init_params  # noqa

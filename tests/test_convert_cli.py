@@ -37,8 +37,9 @@ from swin_jax.train import init_from
 MODEL = "swin_tiny_patch4_window7_224"
 OVERRIDES = ["--img_size", "64", "--num_classes", "10"]
 
-# The module fixture runs four subprocesses; under ``pytest -n N --dist loadgroup`` this keeps
-# the module on one worker so they run once.
+# The fixtures run subprocesses; under ``pytest -n N --dist loadgroup`` the group keeps the
+# module on one worker, and session scope keeps each fixture alive there: a worker handed the
+# group's tests in two chunks would tear a module-scoped fixture down and rebuild it.
 pytestmark = pytest.mark.xdist_group("convert_cli")
 
 
@@ -63,7 +64,7 @@ def _flatten(tree, prefix=()) -> dict:
   return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cli(tmp_path_factory):
   """Runs every subprocess once; returns what the tests inspect."""
   tmp = tmp_path_factory.mktemp("cli")
@@ -235,7 +236,7 @@ def _official_unet_sd(model, seed: int) -> dict[str, torch.Tensor]:
   return sd
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def unet_cli(tmp_path_factory):
   """Converts (two at a time), then runs two segmentation runs with init_from, one after
   the other (the export beside the first)."""
