@@ -60,8 +60,9 @@ def tiny_program_group(path) -> str:
 
 def shipped_config_params():
   groups = {path: tiny_program_group(path) for path in SHIPPED_CONFIGS}
+  numbers = {group: i for i, group in enumerate(sorted(set(groups.values())))}
   return [pytest.param(path, id=os.path.relpath(path, os.path.join(REPO, "configs")),
-                       marks=pytest.mark.xdist_group(f"shipped_{sorted(set(groups.values())).index(group)}"))
+                       marks=pytest.mark.xdist_group(f"shipped_{numbers[group]}"))
           for path, group in groups.items()]
 
 
