@@ -33,7 +33,10 @@ import logging
 import os
 from typing import Any, Mapping
 
+from etils import epath
 import flax.linen as nn
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from swin_jax.convert import head_map, params_dir
@@ -61,7 +64,9 @@ def _is_run_dir(path: str) -> bool:
   return os.path.isdir(path) and os.path.exists(os.path.join(path, RUN_CONFIG_FILE))
 
 
-def _run_config(workdir: str) -> dict[str, Any]:
+def run_config(workdir: str) -> dict[str, Any]:
+  """A training run directory's ``config.json`` (the whole run config: ``model``,
+  ``dataset``, ``task``, ``optimizer``, ...) as plain JSON values."""
   with open(os.path.join(workdir, RUN_CONFIG_FILE)) as f:
     return json.load(f)
 
@@ -71,15 +76,32 @@ def _latest_run_state_params(workdir: str) -> Any:
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"run directory {workdir} has no complete checkpoint")
-  state = ocp.PyTreeCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(step), "state"))
-  return state["params"]
+  return _restore_params_on_host(os.path.join(workdir, "checkpoints", str(step), "state"))
+
+
+def _restore_params_on_host(state_dir: str) -> Any:
+  """The ``params`` of a saved train state as numpy arrays, whatever devices and mesh wrote
+  them (a run of 8 devices opens in a 1-device notebook); the rest of the state is not read."""
+  # The handler's own metadata: the checkpointer's also looks for step metadata, which
+  # lives one folder up, and logs a warning when it is not here.
+  saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
+  wanted = {"params": saved["params"]}
+  on_host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=on_host, partial_restore=True))
+  return restored["params"]
 
 
 def latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
-  """Model and params of the newest complete checkpoint of a swin_jax run directory."""
+  """Model and params of the newest complete checkpoint of a swin_jax run directory.
+
+  ``workdir``: what ``python -m swin_jax.main --workdir`` wrote (``config.json`` and
+  ``checkpoints/<step>/``), e.g. ``runs/demo``. The model is rebuilt from the run's config
+  (``model.name`` and ``model.overrides``); params are the nested numpy dict
+  ``model.apply({'params': params}, images)`` takes, images ``(B, H, W, 3)`` at the run's size.
+  """
   workdir = _abs(workdir)
-  model_cfg = _run_config(workdir)["model"]
+  model_cfg = run_config(workdir)["model"]
   model = registry.create_model_from_json(model_cfg["name"], model_cfg["overrides"])
   return model, _latest_run_state_params(workdir)
 
@@ -93,7 +115,7 @@ def resolve_label_space(path: str, label_space: str = "auto") -> str:
     return label_space
   path = _abs(path)
   if _is_run_dir(path):
-    dataset = _run_config(path).get("dataset", {}).get("name")
+    dataset = run_config(path).get("dataset", {}).get("name")
     return "fall11" if dataset == OWN_22K_DATASET else "official"
   return "official"
 

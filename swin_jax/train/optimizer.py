@@ -4,6 +4,11 @@
     opt_state = tx.init(params)
     updates, opt_state = tx.update(grads, opt_state, params)
 
+Without a config (a notebook, a script), the same pieces from plain values:
+
+    schedule = lr_schedule("cosine", 1e-3, total_updates=1000, warmup=50, min_lr=1e-5)
+    tx = build_optimizer(schedule, weight_decay=0.05, clip_grad_norm=5.0)
+
 Pieces, each matching the official code (``microsoft/Swin-Transformer``: ``main.py``,
 ``optimizer.py``, ``lr_scheduler.py``; SimMIM ``optimizer.py`` for layer decay):
 
@@ -95,12 +100,14 @@ def warmup_updates(opt_cfg: ml_collections.ConfigDict, total_updates: int,
   return warmup
 
 
-def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
-                           total_updates: int, updates_per_epoch: int,
-                           grad_accum_steps: int = 1) -> optax.Schedule:
-  """The lr as a function of the optimizer update count (0 for the first update).
+def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
+                warmup_lr: float = 0.0, min_lr: float = 0.0, warmup_mode: str = "timm",
+                poly_power: float = 0.9, warmup_ratio: float = 0.0) -> optax.Schedule:
+  """The lr as a function of the optimizer update count ``t`` (0 for the first update).
 
-  ``W`` is ``warmup_updates(...)``. Two warmup rules (``optimizer.warmup_mode``):
+  Plain numbers, no config: ``kind`` is one of ``SCHEDULES``, ``lr``/``warmup_lr``/``min_lr``
+  are the values actually used (already scaled to the batch), ``W = warmup`` updates.
+  Two warmup rules (``warmup_mode``):
 
   ``'timm'`` (the Swin classification code; default): warmup is a prefix of the run,
   ``warmup_lr + t * (lr - warmup_lr) / W`` for ``t < W``; after it, with ``u = t - W`` and
@@ -122,22 +129,21 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
   unused. mmcv sets the lr before each iteration from ``runner.iter``, the number of
   finished ones, so update ``t`` here is mmcv's iteration ``t`` exactly.
 
-  Python/numpy counts are evaluated in float64 (exact values for logging and tests);
-  traced counts (inside jit, as optax calls it) in float32.
+  The returned ``schedule(t)`` takes a scalar: Python/numpy counts are evaluated in float64
+  and give a float (exact values for logging and tests); traced counts (inside jit, as
+  optax calls it) give a float32 scalar array.
+
+      schedule = lr_schedule("cosine", 1e-3, total_updates=1000, warmup=50, min_lr=1e-5)
+      tx = build_optimizer(schedule)
   """
-  if opt_cfg.schedule not in SCHEDULES:
-    raise ValueError(f"optimizer.schedule {opt_cfg.schedule!r} is not one of {SCHEDULES}")
-  mode = opt_cfg.get("warmup_mode", "timm")
-  if mode not in WARMUP_MODES:
-    raise ValueError(f"optimizer.warmup_mode {mode!r} is not one of {WARMUP_MODES}")
-  lr, warmup_lr, min_lr = scaled_learning_rates(opt_cfg, batch_size)
-  warmup = warmup_updates(opt_cfg, total_updates, updates_per_epoch, grad_accum_steps)
-  prefix = mode == "timm"
+  if kind not in SCHEDULES:
+    raise ValueError(f"schedule {kind!r} is not one of {SCHEDULES}")
+  if warmup_mode not in WARMUP_MODES:
+    raise ValueError(f"warmup_mode {warmup_mode!r} is not one of {WARMUP_MODES}")
+  prefix = warmup_mode == "timm"
   # The decay phase: after the warmup prefix (timm), or the whole run (mmcv).
   decay = total_updates - warmup if prefix else total_updates
-  kind = opt_cfg.schedule
-  poly_power = float(opt_cfg.get("poly_power", 0.9))
-  ratio = float(opt_cfg.get("warmup_ratio", 0.0))
+  poly_power, ratio = float(poly_power), float(warmup_ratio)
   # timm: warmup_steps = (lr - warmup_lr_init) / warmup_t, then warmup_lr_init + t * step.
   warmup_slope = (lr - warmup_lr) / warmup if warmup else 0.0
 
@@ -170,6 +176,28 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
     return float(value) if concrete and value.ndim == 0 else value
 
   return schedule
+
+
+def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
+                           total_updates: int, updates_per_epoch: int,
+                           grad_accum_steps: int = 1) -> optax.Schedule:
+  """``lr_schedule`` of ``config.optimizer``: the lr as a function of the update count.
+
+  The rates are ``scaled_learning_rates(opt_cfg, batch_size)``, the warmup
+  ``warmup_updates(...)`` updates; ``schedule``, ``warmup_mode``, ``poly_power`` and
+  ``warmup_ratio`` come from the config (formulas in ``lr_schedule``).
+  """
+  if opt_cfg.schedule not in SCHEDULES:
+    raise ValueError(f"optimizer.schedule {opt_cfg.schedule!r} is not one of {SCHEDULES}")
+  mode = opt_cfg.get("warmup_mode", "timm")
+  if mode not in WARMUP_MODES:
+    raise ValueError(f"optimizer.warmup_mode {mode!r} is not one of {WARMUP_MODES}")
+  lr, warmup_lr, min_lr = scaled_learning_rates(opt_cfg, batch_size)
+  warmup = warmup_updates(opt_cfg, total_updates, updates_per_epoch, grad_accum_steps)
+  return lr_schedule(opt_cfg.schedule, lr, total_updates, warmup, warmup_lr=warmup_lr,
+                     min_lr=min_lr, warmup_mode=mode,
+                     poly_power=opt_cfg.get("poly_power", 0.9),
+                     warmup_ratio=opt_cfg.get("warmup_ratio", 0.0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -348,6 +376,57 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
 # The optimizer.
 
 
+def build_optimizer(learning_rate: float | optax.Schedule, *, name: str = "adamw",
+                    weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999,
+                    eps: float = 1e-8, momentum: float = 0.9, clip_grad_norm: float = 5.0,
+                    decay_rule: DecayRule | None = None, layer_decay: float = 1.0,
+                    grad_accum_steps: int = 1) -> optax.GradientTransformation:
+  """The Swin optimizer from plain values (defaults: the official AdamW recipe).
+
+  Global-norm clipping (``clip_grad_norm > 0``), then AdamW whose decoupled weight decay
+  skips the params ``decay_rule`` exempts (default ``DecayRule()``, the classification rule;
+  see ``weight_decay_mask``), or ``name='sgd'`` (torch SGD with coupled, masked L2 decay),
+  then layer-wise lr decay (``layer_decay < 1``, Swin params only), and with
+  ``grad_accum_steps = k > 1`` an update every k calls on the mean gradient
+  (``optax.MultiSteps``; ``learning_rate`` then counts updates, not calls).
+
+  ``learning_rate``: a float or ``schedule(update count)`` (``lr_schedule``). Works on any
+  params tree (a Swin, a task model, a head of your own):
+
+      tx = build_optimizer(lr_schedule("cosine", 1e-3, total_updates=100, warmup=10))
+      opt_state = tx.init(params)
+      updates, opt_state = tx.update(grads, opt_state, params)  # same trees as params
+      params = optax.apply_updates(params, updates)
+  """
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer name {name!r} is not one of {OPTIMIZERS}")
+  if grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+  if not 0 < layer_decay <= 1:
+    raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+  rule = decay_rule or DecayRule()
+  mask = lambda params: weight_decay_mask(params, rule)
+  parts = []
+  if clip_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(clip_grad_norm))
+  if name == "sgd":
+    # torch.optim.SGD: d_p = g + wd * p (coupled L2, after any clipping, as torch clips
+    # .grad before step()), buf = m * buf + d_p (buf = d_p at the first step, which
+    # optax's zero-initialised trace gives), p -= lr * buf. No dampening, no Nesterov.
+    if weight_decay:
+      parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
+    parts.append(optax.sgd(learning_rate, momentum=momentum or None))
+  else:
+    parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                             mask=mask))
+  if layer_decay < 1:
+    parts.append(scale_by_layer_decay(layer_decay))
+  tx = optax.chain(*parts)
+  if grad_accum_steps == 1:
+    return tx
+  return optax.MultiSteps(tx, every_k_schedule=grad_accum_steps).gradient_transformation()
+
+
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                    steps_per_epoch: int) -> tuple[optax.GradientTransformation,
                                                   Callable[[Any], Any]]:
@@ -357,6 +436,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
   ``grad_accum_steps = k > 1`` the optimizer updates every k batches
   (``optax.MultiSteps``, mean of the k gradients), so the lr schedule runs over
   ``total_steps // k`` updates; ``schedule(batch_step)`` gives the lr for logging.
+  The config's values go to ``learning_rate_schedule`` and ``build_optimizer``.
   """
   opt = config.optimizer
   name = opt.get("name", "adamw")
@@ -373,26 +453,8 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                      f"grad_accum_steps {k}")
   inner = learning_rate_schedule(opt, config.batch_size, total_updates, steps_per_epoch // k,
                                  grad_accum_steps=k)
-
-  parts = []
-  if opt.clip_grad_norm > 0:
-    parts.append(optax.clip_by_global_norm(opt.clip_grad_norm))
-  rule = DecayRule.from_config(opt)
-  mask = lambda params: weight_decay_mask(params, rule)
-  if name == "sgd":
-    # torch.optim.SGD: d_p = g + wd * p (coupled L2, after any clipping, as torch clips
-    # .grad before step()), buf = m * buf + d_p (buf = d_p at the first step, which
-    # optax's zero-initialised trace gives), p -= lr * buf. No dampening, no Nesterov.
-    if opt.weight_decay:
-      parts.append(optax.add_decayed_weights(opt.weight_decay, mask=mask))
-    parts.append(optax.sgd(inner, momentum=opt.get("momentum", 0.9) or None))
-  else:
-    parts.append(optax.adamw(inner, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                             weight_decay=opt.weight_decay, mask=mask))
-  if opt.layer_decay < 1:
-    parts.append(scale_by_layer_decay(opt.layer_decay))
-  tx = optax.chain(*parts)
-  if k == 1:
-    return tx, inner
-  tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
-  return tx, lambda step: inner(step // k)
+  tx = build_optimizer(inner, name=name, weight_decay=opt.weight_decay, b1=opt.b1, b2=opt.b2,
+                       eps=opt.eps, momentum=opt.get("momentum", 0.9),
+                       clip_grad_norm=opt.clip_grad_norm, decay_rule=DecayRule.from_config(opt),
+                       layer_decay=opt.layer_decay, grad_accum_steps=k)
+  return tx, (inner if k == 1 else lambda step: inner(step // k))

@@ -1,4 +1,8 @@
-"""Matplotlib figures of Swin attention (Agg backend; nothing is shown, figures are returned).
+"""Matplotlib figures of Swin attention: figures are returned, nothing is shown.
+
+The figures are pyplot-free ``matplotlib.figure.Figure`` objects, so importing this module
+leaves matplotlib's backend alone: in a notebook with the inline backend, a figure left as a
+cell's value (or passed to ``display``) is drawn; ``save`` writes a PNG anywhere.
 
 Every figure is a grid of square panels of ``PANEL_INCHES`` at ``DPI`` plus a header strip
 of ``HEADER_INCHES`` for the title, saved without tight cropping, so a figure of ``rows x cols``
@@ -12,15 +16,12 @@ import io
 import textwrap
 from typing import Mapping, Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=wrong-import-position
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from swin_jax.data import images as images_lib  # noqa: E402
-from swin_jax.visualize.attention_maps import BlockGeometry  # noqa: E402
+from swin_jax.data import images as images_lib
+from swin_jax.visualize.attention_maps import BlockGeometry
 
 PANEL_INCHES = 2.2
 HEADER_INCHES = 0.7
@@ -41,7 +42,7 @@ def display_image(pixels: np.ndarray) -> np.ndarray:
 
 
 def _figure(rows: int, cols: int, title: str):
-  fig = plt.figure(figsize=(cols * PANEL_INCHES, rows * PANEL_INCHES + HEADER_INCHES), dpi=DPI)
+  fig = Figure(figsize=(cols * PANEL_INCHES, rows * PANEL_INCHES + HEADER_INCHES), dpi=DPI)
   top = rows * PANEL_INCHES / (rows * PANEL_INCHES + HEADER_INCHES)
   grid = fig.add_gridspec(rows, cols, left=0.01, right=0.99, bottom=0.01, top=top - 0.01,
                           wspace=0.05, hspace=0.3)
@@ -162,10 +163,9 @@ def plot_panels(image: np.ndarray, panels: Sequence[tuple[str, np.ndarray | None
 
 def save(fig, path: str) -> str:
   """Saves a PNG at ``DPI`` without tight cropping (so sizes follow ``figure_size_px``),
-  quantised to a 128-colour palette (a few times smaller, no visible change); closes."""
+  quantised to a 128-colour palette (a few times smaller, no visible change)."""
   buffer = io.BytesIO()
   fig.savefig(buffer, dpi=DPI, format="png")
-  plt.close(fig)
   buffer.seek(0)
   with Image.open(buffer) as image:
     image.convert("RGB").quantize(128).save(path, optimize=True)
