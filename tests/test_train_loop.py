@@ -13,10 +13,12 @@ import pytest
 
 import data_fakes
 from swin_jax.data import demo_dataset, digit_scenes, sources
+from swin_jax import tasks
 from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
 from swin_jax.train import loop
+from swin_jax.train import optimizer as optimizer_lib
 from train_runs import (REPO, TINY_CONFIG, compilation_cache_dir, persistent_compilation_cache,
                         run_main, train_losses)
 
@@ -58,12 +60,30 @@ def tiny_program_group(path) -> str:
                sorted(fields.items())))
 
 
+def _program_groups() -> dict[str, list[str]]:
+  """Shipped config paths by tiny program, each group in sorted path order."""
+  groups: dict[str, list[str]] = {}
+  for path in SHIPPED_CONFIGS:
+    groups.setdefault(tiny_program_group(path), []).append(path)
+  return groups
+
+
+def _param(path: str, number: int):
+  return pytest.param(path, id=os.path.relpath(path, os.path.join(REPO, "configs")),
+                      marks=pytest.mark.xdist_group(f"shipped_{number}"))
+
+
 def shipped_config_params():
-  groups = {path: tiny_program_group(path) for path in SHIPPED_CONFIGS}
-  numbers = {group: i for i, group in enumerate(sorted(set(groups.values())))}
-  return [pytest.param(path, id=os.path.relpath(path, os.path.join(REPO, "configs")),
-                       marks=pytest.mark.xdist_group(f"shipped_{numbers[group]}"))
-          for path, group in groups.items()]
+  """The first config of every tiny-program group: the one that trains."""
+  return [_param(paths[0], number)
+          for number, paths in enumerate(_program_groups().values())]
+
+
+def program_sharing_config_params():
+  """The other configs of each group: their tiny run would repeat the first one's program
+  step for step, so they are checked at full size without training."""
+  return [_param(path, number)
+          for number, paths in enumerate(_program_groups().values()) for path in paths[1:]]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -134,6 +154,24 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
     assert 0.0 <= result.metrics["eval/top1"] <= 1.0
   assert [s for s, _ in train_losses(str(tmp_path))] == [1, 2]
   assert checkpoint_lib.Checkpointer(str(tmp_path)).latest_step() == 2
+
+
+@pytest.mark.parametrize("path", program_sharing_config_params())
+def test_recipes_sharing_a_tiny_program_build_their_full_size_state(path):
+  """Task, model at the recipe's size and image size, and optimizer over its params, all
+  abstractly (``jax.eval_shape``): what the tiny run of its group does not exercise."""
+  config = load_config(path)
+  config_lib.validate_config(config)
+  task = tasks.get_task(config)
+  model = task.build_model()
+  variables = jax.eval_shape(lambda rng: task.init_variables(model, rng), jax.random.key(0))
+  fields = registry.model_config(config.model.name, **config.model.overrides)
+  assert model.num_classes == config.dataset.num_classes
+  assert fields["embed_dim"] > 8   # not shrunk: the recipe's own model
+  tx, schedule = optimizer_lib.make_optimizer(config, total_steps=100, steps_per_epoch=10)
+  opt_state = jax.eval_shape(tx.init, variables["params"])
+  assert jax.tree.leaves(opt_state)
+  assert np.isfinite(float(schedule(50)))
 
 
 def tiny_config(data_dir, **overrides):
