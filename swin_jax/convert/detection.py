@@ -27,8 +27,15 @@ Two layouts are the detection heads' own:
   tensor. ``Shared2FCBBoxHead`` flattens its NHWC features channel-first too, so the kernel
   is the plain transpose and no row permutation is needed.
 
-Only the head keys (``neck.``, ``rpn_head.``, ``roi_head.``) are read here; the backbone's are
-the Swin converter's.
+``head_params_from_torch`` / ``head_params_to_torch`` read only the head keys (``neck.``,
+``rpn_head.``, ``roi_head.``). A whole detector (``MaskRCNN`` / ``FasterRCNN``, an official
+checkpoint's ``backbone.*`` keys too) converts through ``swin_jax.convert``'s
+``load_torch_variables`` (or ``load_torch_checkpoint`` / ``load_with_report``) and
+``export_torch_state_dict``: the generic converter (key rules, strict checks, scanned
+backbones, the load report), with the deconv's axes swapped around it
+(``swap_deconv_axes``) so that its generic conv rule lays the kernel out as above; export
+goes through ``export_detector_state_dict``. Detectors have no BatchNorm: the variables are
+``{'params'}`` alone.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ import flax
 import numpy as np
 
 from swin_jax.convert import keys as keys_lib
+from swin_jax.models import scan_layout
+from swin_jax.models.backbone import the_backbone
+from swin_jax.models.detection.rcnn import MaskRCNN
 
 Path = keys_lib.Path
 
@@ -95,3 +105,64 @@ def head_params_to_torch(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if is_head_key(key):
       out[key] = np.ascontiguousarray(to_torch_array(path, _numpy(value)))
   return out
+
+
+# ----------------------------------------------------------------------------------------
+# Whole detectors (backbone + heads), through the generic converter.
+
+_DECONV_KEYS = tuple(keys_lib.path_to_torch_key(p) for p in TRANSPOSED_CONVS)
+
+
+def is_detector(model: Any) -> bool:
+  """Whether ``model`` is a ``MaskRCNN`` / ``FasterRCNN``."""
+  return isinstance(model, MaskRCNN)
+
+
+def swap_deconv_axes(sd: Mapping[str, Any]) -> dict[str, Any]:
+  """Swaps the two leading axes of the ``ConvTranspose2d`` weights: ``(in, out, kh, kw)``
+  <-> the ``(out, in, kh, kw)`` of a conv, whose generic rule (``OIHW <-> HWIO``) then
+  gives the deconv's Flax layout ``(kh, kw, in, out)``. Its own inverse; the generic loader
+  (``torch_checkpoint.load_with_report``) applies it to a detector's state dict."""
+  return {k: (np.swapaxes(np.asarray(v), 0, 1) if k in _DECONV_KEYS and np.ndim(v) == 4
+              else v) for k, v in sd.items()}
+
+
+def export_detector_state_dict(variables: Mapping[str, Any], model: MaskRCNN,
+                               include_buffers: bool = False,
+                               to_torch: bool = False) -> dict[str, Any]:
+  """``{'params': ...}`` (or the params) of a detector -> the official mmdet state dict.
+
+  The inverse of ``load_torch_variables`` for a detector. ``include_buffers`` adds the
+  backbone's ``relative_position_index`` buffers, so that the official model loads it
+  strictly.
+  ``roi_head.bbox_head.shared_fcs.0.weight`` is the plain transpose of the kernel: the head
+  flattens its RoI features channel-first, as PyTorch does.
+  """
+  # pylint: disable=import-outside-toplevel
+  from swin_jax.convert import torch_checkpoint
+  params = variables["params"] if "params" in variables else variables
+  path, swin = the_backbone(model)
+  if swin.scan_blocks and scan_layout.is_scanned(scan_layout.get_subtree(params, path)):
+    params = scan_layout.unstack_blocks_at(params, path, swin.depths)
+  flat = flax.traverse_util.flatten_dict(dict(params))
+  expected = torch_checkpoint.abstract_params(torch_checkpoint.per_block_twin(model))
+  wrong = sorted(set(flat) ^ set(expected))
+  wrong += sorted(p for p in flat if p in expected and flat[p].shape != expected[p].shape)
+  if wrong:
+    raise torch_checkpoint.CheckpointMismatchError(
+        "params do not belong to this model; differing paths: " +
+        ", ".join("/".join(p) for p in wrong[:20]) + (" ..." if len(wrong) > 20 else ""))
+  sd = {keys_lib.path_to_torch_key(p): keys_lib.flax_to_torch_array(p, np.asarray(v))
+        for p, v in flat.items()}
+  sd = swap_deconv_axes(sd)
+  if include_buffers:
+    # pylint: disable-next=protected-access
+    buffers = torch_checkpoint._buffers(swin)  # dense mode: the index only, no masks
+    sd.update({f"{keys_lib.module_key(path)}.{k}": v for k, v in buffers.items()})
+  if to_torch:
+    import torch
+    # Copies: the tensors must not share (read-only) memory with the params.
+    sd = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in sd.items()}
+  else:
+    sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
+  return sd

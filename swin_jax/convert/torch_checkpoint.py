@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from swin_jax.convert import detection
 from swin_jax.convert import head_map
 from swin_jax.convert import keys as keys_lib
 from swin_jax.convert import resize
@@ -284,6 +285,8 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
   twin = per_block_twin(model)  # convert per block, stack scanned backbones at the end
   expected = abstract_params(twin)
   sd = read_state_dict(source)
+  if detection.is_detector(model):
+    sd = detection.swap_deconv_axes(sd)  # the mask head's ConvTranspose2d: (in, out, k, k)
   for path, swin in backbones.items():
     sd = to_official_layout(sd, len(swin.depths), _key_prefix(path))
   unet = model if swin_unet.is_swin_unet(model) else None
@@ -409,7 +412,8 @@ def load_torch_variables(source: str | os.PathLike | Mapping[str, Any], model: n
   Keys are relative to the model's root: a Swin at ``params['backbone']`` reads
   ``backbone.patch_embed.proj.weight`` ... (official mmseg / mmdet checkpoints, weights under
   ``'state_dict'``). Arguments as ``load_torch_checkpoint``. An ``UperNet`` also gets its
-  BatchNorm statistics, ``{'params': ..., 'batch_stats': ...}`` (see ``convert.upernet``).
+  BatchNorm statistics, ``{'params': ..., 'batch_stats': ...}`` (see ``convert.upernet``);
+  a ``MaskRCNN`` / ``FasterRCNN`` reads mmdet's keys (see ``convert.detection``).
   """
   if upernet.is_upernet(model):
     return upernet.load_upernet_variables(source, model, strict, fallback_params, label_space)
@@ -460,6 +464,11 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
     if layout != "official":
       raise ValueError("UperNet checkpoints have one layout; use layout='official'")
     return upernet.export_upernet_state_dict(params, model, include_buffers, to_torch)
+  if detection.is_detector(model):
+    # ``params`` may be the variables {'params'}; mmdet's keys, one layout.
+    if layout != "official":
+      raise ValueError("detection checkpoints have one layout; use layout='official'")
+    return detection.export_detector_state_dict(params, model, include_buffers, to_torch)
   if swin_unet.is_swin_unet(model):
     # Bare SwinTransformerSys keys; swin_unet.export_swin_unet_state_dict adds the prefix.
     if layout != "official":

@@ -1,5 +1,5 @@
-"""Named Swin V1 and V2 variants (timm's names), Swin-Unet and UperNet, with the official
-hyper-parameters."""
+"""Named Swin V1 and V2 variants (timm's names), Swin-Unet, UperNet and the two-stage
+detectors (Mask / Faster R-CNN), with the official hyper-parameters."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from swin_jax.models.detection.rcnn import FasterRCNN, MaskRCNN
 from swin_jax.models.swin import SwinTransformer
 from swin_jax.models.swin_unet import SwinUnet
 from swin_jax.models.upernet import UperNet
@@ -97,6 +98,32 @@ UPERNET_CONFIGS: dict[str, dict[str, Any]] = {
 }
 MODEL_CONFIGS.update(UPERNET_CONFIGS)
 
+# Mask / Faster R-CNN (Swin-Transformer-Object-Detection, configs/_base_/models/
+# mask_rcnn_swin_fpn.py): the dense-mode backbone with stage norms, no absolute position
+# embedding, 80 COCO classes. img_size is the test canvas (1333x800 padded to 32); with
+# ape=False it fixes no shape (dense mode clamps no window), only the example image the
+# converter traces. Drop path: the base config's 0.2 (the T and S 3x recipes); the T 1x
+# recipe overrides 0.1. Swin-B was released only as Cascade Mask R-CNN, with 0.3.
+# Head fields (num_classes, neck_channels, fc_channels, ...) go to the detector, the rest
+# to the backbone, as for UperNet.
+_DETECTION_BACKBONE = dict(img_size=(800, 1344), window_size=7, dense_mode=True,
+                           feature_norm=True, ape=False, patch_norm=True)
+MASK_RCNN_CONFIGS: dict[str, dict[str, Any]] = {
+    "mask_rcnn_swin_tiny_patch4_window7_fpn": dict(**_TINY, **_DETECTION_BACKBONE,
+                                                   drop_path_rate=0.2, num_classes=80),
+    "mask_rcnn_swin_small_patch4_window7_fpn": dict(**_SMALL, **_DETECTION_BACKBONE,
+                                                    drop_path_rate=0.2, num_classes=80),
+    "mask_rcnn_swin_base_patch4_window7_fpn": dict(**_BASE, **_DETECTION_BACKBONE,
+                                                   drop_path_rate=0.3, num_classes=80),
+}
+FASTER_RCNN_CONFIGS: dict[str, dict[str, Any]] = {
+    name.replace("mask_rcnn", "faster_rcnn"): dict(config)
+    for name, config in MASK_RCNN_CONFIGS.items()}
+MODEL_CONFIGS.update(MASK_RCNN_CONFIGS)
+MODEL_CONFIGS.update(FASTER_RCNN_CONFIGS)
+# Task models: a Swin backbone field plus head fields, one flat override namespace.
+_TASK_MODELS = (UperNet, MaskRCNN, FasterRCNN)
+
 ALIASES = {
     "swin_t": "swin_tiny_patch4_window7_224",
     "swin_s": "swin_small_patch4_window7_224",
@@ -127,12 +154,16 @@ def model_class(name: str) -> type:
     return SwinUnet
   if name in UPERNET_CONFIGS:
     return UperNet
+  if name in MASK_RCNN_CONFIGS:
+    return MaskRCNN
+  if name in FASTER_RCNN_CONFIGS:
+    return FasterRCNN
   return SwinTransformer
 
 
 def model_classes() -> list[type]:
   """Every model class in the registry (their fields are the possible overrides)."""
-  return [SwinTransformer, SwinUnet, UperNet]
+  return [SwinTransformer, SwinUnet, UperNet, MaskRCNN, FasterRCNN]
 
 
 def constructor_fields(cls: type) -> dict[str, Any]:
@@ -146,7 +177,7 @@ def override_fields(name: str) -> set[str]:
   """The fields a config may set for ``name``: its class's, and for a model holding a Swin
   backbone, the backbone's as well (one flat namespace)."""
   fields = set(constructor_fields(model_class(name)))
-  if model_class(name) is UperNet:
+  if model_class(name) in _TASK_MODELS:
     fields |= set(constructor_fields(SwinTransformer))
   return fields
 
@@ -171,19 +202,19 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
-  """A Flax Linen ``SwinTransformer`` (or ``SwinUnet``, ``UperNet``) for ``name`` (see
-  ``list_models()``).
+  """A Flax Linen ``SwinTransformer`` (or ``SwinUnet``, ``UperNet``, ``MaskRCNN``,
+  ``FasterRCNN``) for ``name`` (see ``list_models()``).
 
   Overrides are any constructor field, e.g. ``num_classes=21841``, ``img_size=384``,
   ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``,
-  ``pretrained_window_sizes=(8, 8, 8, 8)`` (V2). For UperNet, head fields (``num_classes``,
-  ``channels``, ``aux_channels``, ...) go to the heads and the others to its Swin backbone
-  (``dtype`` to both).
+  ``pretrained_window_sizes=(8, 8, 8, 8)`` (V2). For UperNet and the detectors, head fields
+  (``num_classes``, ``channels``, ``neck_channels``, ``fc_channels``, ...) go to the heads and
+  the others to the Swin backbone (``dtype`` to both).
   """
   config = model_config(name, **overrides)
   cls = model_class(name)
-  if cls is UperNet:
-    return _upernet(config)
+  if cls in _TASK_MODELS:
+    return _task_model(cls, config)
   return cls(**config)
 
 
@@ -194,11 +225,11 @@ def create_model_from_json(name: str, overrides: dict[str, Any]) -> nn.Module:
   return create_model(name, **{k: tuple(v) if isinstance(v, list) else v
                                for k, v in overrides.items()})
 
-def _upernet(config: dict[str, Any]) -> UperNet:
-  """A flat UperNet config -> ``UperNet(backbone=SwinTransformer(...), heads...)``."""
-  head_fields = set(constructor_fields(UperNet))
+def _task_model(cls: type, config: dict[str, Any]) -> nn.Module:
+  """A flat task-model config -> ``cls(backbone=SwinTransformer(...), heads...)``."""
+  head_fields = set(constructor_fields(cls))
   head = {k: v for k, v in config.items() if k in head_fields}
   swin = {k: v for k, v in config.items() if k not in head_fields or k == "dtype"}
   # The backbone only gives features: no classifier (nor its final norm) is built.
   backbone = SwinTransformer(**swin, num_classes=0)
-  return UperNet(backbone=backbone, **head)
+  return cls(backbone=backbone, **head)
