@@ -202,6 +202,23 @@ def test_names_round_trip():
     digit_scenes.parse_dataset_name("digit_scenes/large")
 
 
+def test_a_layout_in_the_name_sizes_and_counts_the_digits():
+  layout = {"size": 64, "digit_size": (24, 40), "digits_per_scene": (1, 3)}
+  name = digit_scenes.dataset_name(**layout)
+  assert name == "digit_scenes/64px_digits24-40_count1-3"
+  assert digit_scenes.parse_dataset_name(name + ":1.0.0") == layout
+  # The default layout of a canvas size is not spelt out.
+  assert digit_scenes.dataset_name(64, digit_size=digit_scenes.digit_size_range(64)) == \
+      "digit_scenes/64px"
+  scenes = digit_scenes.generate_split("train", 20, size=64, digit_size=(24, 40),
+                                       digits_per_scene=(1, 3))
+  for scene in scenes:
+    assert 1 <= len(scene["classes"]) <= 3
+    x0, y0, x1, y1 = scene["source_box"].T
+    longer = np.maximum(x1 - x0, y1 - y0)
+    assert np.all((24 <= longer) & (longer <= 40))
+
+
 # --- the TFDS build ----------------------------------------------------------------------
 
 def test_build_reads_back_identical_arrays_through_sources(built):

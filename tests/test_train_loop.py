@@ -132,8 +132,9 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
   if config.dataset.name == demo_dataset.DEMO_DATASET:
     config.dataset.eval_split = "test[:8]"
   if digit_scenes.is_digit_scenes(config.dataset.name):  # a few scenes of the same size
-    size = digit_scenes.parse_dataset_name(config.dataset.name)["size"]
-    config.dataset.name = digit_scenes.dataset_name(size, num_train=16, num_test=8)
+    layout = digit_scenes.parse_dataset_name(config.dataset.name)
+    layout.update(num_train=16, num_test=8, seed=0)
+    config.dataset.name = digit_scenes.dataset_name(**layout)
   if config.dataset.name == "synapse":
     config.task.label_size = 32                 # the fake volumes' slice size
   if config.dataset.name == "scene_parse150":

@@ -243,10 +243,13 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def generate_split(split: str, num_scenes: int | None = None, *, size: int = DEFAULT_SIZE,
                    seed: int = DEFAULT_SEED,
-                   pool: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict[str, Any]]:
+                   pool: tuple[np.ndarray, np.ndarray] | None = None,
+                   digit_size: tuple[int, int] | None = None,
+                   digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE) -> list[dict[str, Any]]:
   """``num_scenes`` scenes of ``split`` ('train' or 'test') built from that split's digits.
 
-  ``pool`` (images, labels) defaults to ``digit_pools()[split]`` (the demo's split).
+  ``pool`` (images, labels) defaults to ``digit_pools()[split]`` (the demo's split);
+  ``digit_size`` (px, the longer side) defaults to ``digit_size_range(size)``.
   """
   if split not in _SPLIT_CODES:
     raise ValueError(f"split must be one of {sorted(_SPLIT_CODES)}, got {split!r}")
@@ -254,7 +257,8 @@ def generate_split(split: str, num_scenes: int | None = None, *, size: int = DEF
   num_scenes = DEFAULT_NUM_SCENES[split] if num_scenes is None else num_scenes
   scenes = []
   for index in range(num_scenes):
-    scene = make_scene(scene_rng(seed, split, index), digits, labels, size=size)
+    scene = make_scene(scene_rng(seed, split, index), digits, labels, size=size,
+                       digit_size=digit_size, digits_per_scene=tuple(digits_per_scene))
     scene["image_id"] = np.int64(index)
     scenes.append(scene)
   return scenes
@@ -297,23 +301,41 @@ def write_coco_json(scenes: Sequence[Mapping[str, Any]], path: str) -> str:
 # --- the TFDS build ----------------------------------------------------------------------
 
 def dataset_name(size: int = DEFAULT_SIZE, num_train: int = DEFAULT_NUM_SCENES["train"],
-                 num_test: int = DEFAULT_NUM_SCENES["test"], seed: int = DEFAULT_SEED) -> str:
-  """The TFDS name, e.g. ``'digit_scenes/128px'``; non-default counts or seed are in it too."""
+                 num_test: int = DEFAULT_NUM_SCENES["test"], seed: int = DEFAULT_SEED, *,
+                 digit_size: tuple[int, int] | None = None,
+                 digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE) -> str:
+  """The TFDS name, e.g. ``'digit_scenes/128px'``; a non-default layout, counts or seed are
+  in it too: ``'digit_scenes/64px_digits24-40_count1-3'`` has digits of 24-40 px (the
+  longer side), 1-3 per scene."""
   config = f"{size}px"
+  if digit_size is not None and tuple(digit_size) != digit_size_range(size):
+    config += f"_digits{digit_size[0]}-{digit_size[1]}"
+  if tuple(digits_per_scene) != DIGITS_PER_SCENE:
+    config += f"_count{digits_per_scene[0]}-{digits_per_scene[1]}"
   if (num_train, num_test, seed) != (DEFAULT_NUM_SCENES["train"], DEFAULT_NUM_SCENES["test"],
                                      DEFAULT_SEED):
     config += f"_train{num_train}_test{num_test}_seed{seed}"
   return f"{DATASET}/{config}"
 
 
-def parse_dataset_name(name: str) -> dict[str, int]:
-  """``dataset_name``'s inverse: ``{'size', 'num_train', 'num_test', 'seed'}`` (version ignored)."""
-  match = re.fullmatch(rf"{DATASET}/(\d+)px(?:_train(\d+)_test(\d+)_seed(\d+))?(?::[\d.]+)?",
-                       name)
+_NAME = re.compile(rf"{DATASET}/(\d+)px(?:_digits(\d+)-(\d+))?(?:_count(\d+)-(\d+))?"
+                   r"(?:_train(\d+)_test(\d+)_seed(\d+))?(?::[\d.]+)?")
+
+
+def parse_dataset_name(name: str) -> dict[str, Any]:
+  """``dataset_name``'s inverse: ``{'size'}`` plus whichever of ``digit_size``,
+  ``digits_per_scene``, ``num_train``, ``num_test``, ``seed`` the name sets (version ignored)."""
+  match = _NAME.fullmatch(name)
   if not match:
-    raise ValueError(f"not a digit scenes name (e.g. {dataset_name()!r}): {name!r}")
-  size, num_train, num_test, seed = match.groups()
-  options = {"size": int(size)}
+    raise ValueError(f"not a digit scenes name (e.g. {dataset_name()!r}, "
+                     f"{dataset_name(64, digit_size=(24, 40), digits_per_scene=(1, 3))!r}): "
+                     f"{name!r}")
+  size, low, high, fewest, most, num_train, num_test, seed = match.groups()
+  options: dict[str, Any] = {"size": int(size)}
+  if low is not None:
+    options["digit_size"] = (int(low), int(high))
+  if fewest is not None:
+    options["digits_per_scene"] = (int(fewest), int(most))
   if num_train is not None:
     options.update(num_train=int(num_train), num_test=int(num_test), seed=int(seed))
   return options
@@ -365,18 +387,21 @@ def tfds_features(size: int):
 def ensure_digit_scenes(data_dir: str, *, size: int = DEFAULT_SIZE,
                         num_train: int = DEFAULT_NUM_SCENES["train"],
                         num_test: int = DEFAULT_NUM_SCENES["test"],
-                        seed: int = DEFAULT_SEED) -> str:
+                        seed: int = DEFAULT_SEED,
+                        digit_size: tuple[int, int] | None = None,
+                        digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE) -> str:
   """Builds the scenes under ``data_dir`` unless there already; returns the TFDS name.
 
   ArrayRecord, examples in ``image_id`` order; the test split's COCO JSON is written
   into the same version folder. Safe when processes race, like ``ensure_demo_dataset``:
   each builds in its own temporary folder inside ``data_dir`` and renames it into place.
   """
-  name = dataset_name(size, num_train, num_test, seed)
+  layout = dict(digit_size=digit_size, digits_per_scene=digits_per_scene)
+  name = dataset_name(size, num_train, num_test, seed, **layout)
   if is_prepared(data_dir, name):
     return name
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  scenes = {split: generate_split(split, count, size=size, seed=seed)
+  scenes = {split: generate_split(split, count, size=size, seed=seed, **layout)
             for split, count in (("train", num_train), ("test", num_test))}
   split_datasets = {
       split: [(f"{split}_{int(s['image_id']):06d}", {**s, "image": _png(s["image"])})
