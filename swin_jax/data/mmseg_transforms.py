@@ -31,9 +31,12 @@ everywhere, so an OpenCV run can differ from ours by one grey level in those tai
 Our images are RGB where mmseg's are BGR; every step is written for RGB so that the result
 is mmseg's with the channels in RGB order.
 
-The eval side (``MMSegEvalTransform``): mmseg's test pipeline in whole mode, a keep-ratio
-resize to (2048, 512) and normalisation, with the label left at its source size (metrics are
-computed there after the logits are resized back; that inference is not implemented here).
+The eval side (``MMSegEvalTransform``): mmseg's test pipeline, a keep-ratio resize to (2048,
+512) (and, for the multi-scale test, to that scale times each ratio, as mmcv's
+``MultiScaleFlipAug`` does) and normalisation, with the label left at its source size (the
+logits are resized back to it: ``swin_jax.tasks.seg_inference``). So that images of any size
+share a few compiled programs, ``to_canvas`` pads each onto its bucket's static canvases
+(``eval_bucket``): image 0 at the bottom/right, label ``ignore_index``.
 """
 
 from __future__ import annotations
@@ -428,22 +431,146 @@ class MMSegTrainTransform:
     return {"image": image, "label": label}
 
 
+# ---------------------------------------------------------------------- eval and canvases
+
+
+def canvas_side(size: float, multiple: int = 32, steps: int = 4) -> int:
+  """The smallest static canvas side that holds ``size`` pixels: ``multiple * q`` with ``q``
+  on a ladder of ``steps`` values per octave (every ``q`` below ``2 steps``, then
+  ``j 2^e`` for ``steps <= j < 2 steps``; ``steps=0``: every multiple). Padding stays under
+  ``1 / steps`` of the side (and under ``multiple`` pixels while ``q < 2 steps``).
+
+  With 32 and 4: ..., 256, 288, ..., 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048.
+  ``size`` may be fractional (a scaled size); a float error of 1e-6 multiples is forgiven.
+  """
+  if multiple <= 0 or steps < 0:
+    raise ValueError(f"canvas multiple {multiple!r} must be > 0 and steps {steps!r} >= 0")
+  need = max(1, int(np.ceil(size / multiple - 1e-6)))
+  if steps == 0 or need < 2 * steps:
+    return need * multiple
+  octave = 2
+  while True:
+    for j in range(steps, 2 * steps):
+      if j * octave >= need:
+        return j * octave * multiple
+    octave *= 2
+
+
+def keep_ratio_scaled_size(size: tuple[int, int], scale: Sequence[float]) -> tuple[float, float]:
+  """``keep_ratio_rescale_size`` before its rounding: ``(h f, w f)`` as floats."""
+  h, w = size
+  factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+  return h * float(factor), w * float(factor)
+
+
+def multi_scale_scales(scale: Sequence[int], ratios: Sequence[float]) -> tuple[tuple[int, int], ...]:
+  """mmcv ``MultiScaleFlipAug(img_scale=scale, img_ratios=ratios)``: the Resize targets
+  ``(int(long r), int(short r))`` of each ratio (the official fork's ms+flip test)."""
+  return tuple((int(scale[0] * r), int(scale[1] * r)) for r in ratios)
+
+
+class EvalBucket(tuple):
+  """``(canvases, label_canvas)``: the static ``(h, w)`` canvas of each test scale and of the
+  label. Hashable and ordered (a plain tuple), so buckets sort the same on every host."""
+
+  def __new__(cls, canvases, label_canvas):
+    return super().__new__(cls, (tuple(tuple(int(s) for s in c) for c in canvases),
+                                 tuple(int(s) for s in label_canvas)))
+
+  @property
+  def canvases(self) -> tuple[tuple[int, int], ...]:
+    return self[0]
+
+  @property
+  def label_canvas(self) -> tuple[int, int]:
+    return self[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class MMSegEvalTransform:
-  """``example -> {'image': float32 (h, w, 3), 'label_full': int32 (H, W), 'label_size':
-  int32 (2,)}``: mmseg's whole-mode test pipeline, a keep-ratio resize of the image to
-  ``scale`` (short side 512, long side at most 2048 for ADE20K) and ``Normalize``; the label
-  stays at its source size ``(H, W)`` (``label_size``, for when batches pad it), where mmseg
-  scores the logits resized back. Not wired into the task yet: its images vary in size."""
+  """``example -> {'images': (float32 (h_r, w_r, 3) per ratio), 'image_sizes': int32 (n, 2),
+  'label_full': int32 (H, W), 'label_size': int32 (2,)}``: mmseg's test pipeline, a
+  keep-ratio resize of the image to ``scale`` (short side 512, long side at most 2048 for
+  ADE20K), or for the multi-scale test to ``scale`` times each of ``ratios``
+  (``multi_scale_scales``), and ``Normalize``; the label stays at its source size
+  ``(H, W)``, where mmseg scores the logits resized back.
+
+  ``eval_bucket(H, W)`` names the static canvases that example is padded onto
+  (``to_canvas``): the ratio-1 keep-ratio size rounded up by ``canvas_side``, each ratio's
+  canvas derived from it (so a bucket has one canvas per ratio, whatever the image), and the
+  label's size rounded up by ``canvas_side``.
+  """
   scale: tuple[int, int] = (2048, 512)
+  ratios: tuple[float, ...] = (1.0,)
   image_key: str = "image"
   label_key: str = "label"
   ignore_index: int = IGNORE_INDEX
   reduce_zero_label: bool = False
+  canvas_multiple: int = 32
+  canvas_steps: int = 4
 
-  def __call__(self, example: dict[str, Any]) -> dict[str, np.ndarray]:
+  def __post_init__(self):
+    object.__setattr__(self, "scale", _pair(self.scale, "scale"))
+    ratios = tuple(float(r) for r in self.ratios)
+    if not ratios or any(r <= 0 for r in ratios):
+      raise ValueError(f"ratios {self.ratios!r} must be one or more positive numbers")
+    object.__setattr__(self, "ratios", ratios)
+    canvas_side(1, self.canvas_multiple, self.canvas_steps)   # validates both
+    for r, s in zip(ratios, multi_scale_scales(self.scale, ratios)):
+      if min(s) < 1:
+        raise ValueError(f"ratio {r} of scale {self.scale} is an empty size {s}")
+
+  @property
+  def scales(self) -> tuple[tuple[int, int], ...]:
+    return multi_scale_scales(self.scale, self.ratios)
+
+  def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
     image, label = _read(example, self.image_key, self.label_key, self.ignore_index,
                          self.reduce_zero_label)
-    size = keep_ratio_rescale_size(label.shape, _pair(self.scale, "scale"))
-    return {"image": normalize(resize_bilinear(image, size)), "label_full": label,
-            "label_size": np.array(label.shape, np.int32)}
+    sizes = [keep_ratio_rescale_size(label.shape, s) for s in self.scales]
+    images = tuple(normalize(resize_bilinear(image, size)) for size in sizes)
+    return {"images": images, "image_sizes": np.array(sizes, np.int32).reshape(-1, 2),
+            "label_full": label, "label_size": np.array(label.shape, np.int32)}
+
+  def eval_bucket(self, size: tuple[int, int]) -> EvalBucket:
+    """The static canvases of a source image of ``size = (H, W)``.
+
+    The ratio-1 canvas ``c`` holds the unrounded keep-ratio size ``x``. A ratio's resize
+    factor is at most ``rho = max(long_r / long, short_r / short)`` times the ratio-1 one, so
+    its size ``int(x' + 0.5)`` is at most ``int(c rho + 0.5)``, rounded up to the multiple.
+    For ADE20K (short side 512 r for r in 0.5 .. 1.75) that is exactly 512 r: no padding.
+    """
+    m, steps = self.canvas_multiple, self.canvas_steps
+    base = [canvas_side(x, m, steps) for x in keep_ratio_scaled_size(size, self.scale)]
+    canvases = []
+    for s in self.scales:
+      rho = max(max(s) / max(self.scale), min(s) / min(self.scale))
+      # 1e-3 covers the 1e-6 forgiven by canvas_side times rho, and float error.
+      canvases.append([-(-int(c * rho + 0.5 + 1e-3) // m) * m for c in base])
+    return EvalBucket(canvases, [canvas_side(s, m, steps) for s in size])
+
+  def to_canvas(self, out: dict[str, Any], bucket: EvalBucket) -> dict[str, Any]:
+    """``__call__``'s output on ``bucket``'s canvases: ``{'images': (float32 (Hc_r, Wc_r,
+    3), ...), 'image_sizes', 'label': int32 (Lh, Lw) with ignore_index outside the source
+    label, 'label_size'}``."""
+    images = []
+    for image, canvas in zip(out["images"], bucket.canvases):
+      if image.shape[0] > canvas[0] or image.shape[1] > canvas[1]:
+        raise ValueError(f"image {image.shape[:2]} does not fit its canvas {canvas} "
+                         f"(bucket {bucket}); this is a bug in eval_bucket")
+      padded = np.zeros(canvas + (3,), np.float32)
+      padded[:image.shape[0], :image.shape[1]] = image
+      images.append(padded)
+    label = out["label_full"]
+    padded_label = np.full(bucket.label_canvas, self.ignore_index, np.int32)
+    padded_label[:label.shape[0], :label.shape[1]] = label
+    return {"images": tuple(images), "image_sizes": out["image_sizes"],
+            "label": padded_label, "label_size": out["label_size"]}
+
+  def padding(self, bucket: EvalBucket) -> dict[str, Any]:
+    """An all-padding example of ``bucket`` (images 0, label all ``ignore_index``; sizes
+    are the canvases, so inference computes nothing undefined on it)."""
+    return {"images": tuple(np.zeros(c + (3,), np.float32) for c in bucket.canvases),
+            "image_sizes": np.array(bucket.canvases, np.int32).reshape(-1, 2),
+            "label": np.full(bucket.label_canvas, self.ignore_index, np.int32),
+            "label_size": np.array(bucket.label_canvas, np.int32)}

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from swin_jax.tasks.base import Evaluator, SumEvaluator, Task
 from swin_jax.tasks.classification import ClassificationTask
+from swin_jax.tasks.detection import DetectionTask
 from swin_jax.tasks.segmentation import SegmentationTask
 
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.name: ClassificationTask,
+    DetectionTask.name: DetectionTask,
     SegmentationTask.name: SegmentationTask,
 }
 
@@ -27,5 +29,5 @@ def get_task(config) -> Task:
   return task_class(config.task.name)(config)
 
 
-__all__ = ["ClassificationTask", "Evaluator", "SegmentationTask", "SumEvaluator", "TASKS",
+__all__ = ["ClassificationTask", "DetectionTask", "Evaluator", "SegmentationTask", "SumEvaluator", "TASKS",
            "Task", "get_task", "task_class"]

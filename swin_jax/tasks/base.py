@@ -7,6 +7,7 @@ logging and resume exist once. A task supplies the parts that differ:
     model = task.build_model()              # a Flax module (a backbone may sit inside it)
     variables = task.init_variables(model, rng)          # {'params', 'batch_stats', ...}
     transform = task.train_transform()      # host: example, np.random.Generator -> example
+    batches = task.eval_batches(process_index, process_count)   # host: eval batches + 'mask'
     loss, (metrics, model_state) = task.loss_fn(model, params, model_state, batch, rng)
     outputs = task.eval_step(model, params, model_state, batch)     # jitted, per batch
     evaluator = task.evaluator(); evaluator.update(outputs); evaluator.result()   # host
@@ -19,7 +20,7 @@ global batch, so a BatchNorm in ``loss_fn`` averages over the whole global batch
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import flax.linen as nn
 import jax
@@ -108,6 +109,17 @@ class Task(abc.ABC):
     """The zero example that pads the last eval batch (its ``mask`` is 0)."""
     one = {k: np.zeros(x.shape[1:], x.dtype) for k, x in self.batch_spec(1).items()}
     return {**one, "mask": np.float32(0.0)}
+
+  def eval_batches(self, process_index: int = 0,
+                   process_count: int = 1) -> Iterable[dict[str, Any]]:
+    """This host's eval batches of ``config.dataset.eval_split`` (``mask`` marks real
+    examples). Every host must yield the same number of batches with the same shapes, as
+    they run one program together. Default: ``eval_transform`` / ``eval_padding`` through
+    the fixed-shape pipeline; a task whose examples differ in shape may group them into
+    static shapes here (segmentation's mmseg test canvases)."""
+    from swin_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    return pipeline.eval_iterator(self.config, process_index, process_count,
+                                  self.eval_transform(), self.eval_padding())
 
   # --- compiled steps ---
 

@@ -51,6 +51,7 @@ from swin_jax.models import interpolate
 from swin_jax.models import registry
 from swin_jax.models import upernet
 from swin_jax.tasks import base
+from swin_jax.tasks import seg_inference
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -244,6 +245,9 @@ class SegmentationTask(base.Task):
         # 'mmseg' (mmseg_transforms.MMSegTrainTransform: random keep-ratio resize, crop with
         # cat_max_ratio, flip, photometric distortion, ImageNet mean/std on 0..255, pad with
         # ignore_index; task.normalize and task.aug do not apply). Eval: SegTransform.
+        # The eval of 'mmseg' is mmseg's test (seg_inference): a keep-ratio resize to
+        # mmseg.test_scale, whole or slide inference on static canvases, scores at the
+        # source label size; 'swin_unet': SegTransform's square resize.
         pipeline="swin_unet",
         mmseg=ConfigDict(dict(
             scale=(2048, 512),         # Resize img_scale: (long, short) target before the ratio
@@ -251,6 +255,15 @@ class SegmentationTask(base.Task):
             crop_size=0,               # RandomCrop / Pad (square); 0 = dataset.image_size
             cat_max_ratio=0.75,        # re-crop (10 tries) while one class covers this much
             flip_prob=0.5,             # RandomFlip, horizontal
+            # --- test (eval) ---
+            test_scale=(),             # keep-ratio Resize target (long, short); () = scale
+            test_mode="whole",         # 'whole' | 'slide' (EncoderDecoder.test_cfg.mode)
+            test_crop=(),              # slide window (h, w); () = (crop, crop) as above
+            test_stride=(),            # slide stride (h, w); () = 2/3 of test_crop (341)
+            tta_ratios=(),             # multi-scale test: ratios of test_scale; () = (1.0,)
+            tta_flip=False,            # with horizontal flips (mean of softmax, as the fork)
+            canvas_multiple=32,        # static canvases: sides multiple of this ...
+            canvas_steps=4,            # ... on a ladder of this many per octave (0: all)
         )),
     ))
 
@@ -323,11 +336,51 @@ class SegmentationTask(base.Task):
                        f"{EVALUATIONS}")
     return self.config.task.evaluation == "volumes"
 
+  def _mmseg_eval(self) -> bool:
+    """Whether eval is mmseg's test (``pipeline='mmseg'``, pixel metrics)."""
+    return self._pipeline() == "mmseg" and not self._volumes()
+
   def eval_transform(self):
+    if self._mmseg_eval():   # reduce_zero_label happens inside
+      return self._mmseg_eval_transform()
     transform = self._with_label_map(self._transform(train=False))
     if not self._volumes():
       return transform
     return _WithVolumeKeys(transform, self.config.task.label_key)
+
+  def _mmseg_eval_transform(self) -> mmseg_transforms.MMSegEvalTransform:
+    task, mm = self.config.task, self.config.task.mmseg
+    try:
+      return mmseg_transforms.MMSegEvalTransform(
+          scale=tuple(mm.test_scale or mm.scale), ratios=tuple(mm.tta_ratios or (1.0,)),
+          image_key=task.image_key, label_key=task.label_key,
+          ignore_index=int(task.ignore_index), reduce_zero_label=bool(task.reduce_zero_label),
+          canvas_multiple=int(mm.canvas_multiple), canvas_steps=int(mm.canvas_steps))
+    except ValueError as e:
+      raise ValueError(f"task.mmseg: {e}") from e
+
+  def _test_cfg(self) -> dict:
+    """mmseg's test_cfg from ``task.mmseg``: mode, crop and stride ``(h, w)``, flip."""
+    mm = self.config.task.mmseg
+    if mm.test_mode not in seg_inference.MODES:
+      raise ValueError(f"task.mmseg.test_mode {mm.test_mode!r} is not one of "
+                       f"{seg_inference.MODES}")
+    crop = int(mm.crop_size) or int(self.config.dataset.image_size)
+    crop = mmseg_transforms._pair(tuple(mm.test_crop) or crop, "task.mmseg.test_crop")
+    # 2/3 of the crop: 341 for 512 (no config of the official repo sets one; mode 'whole').
+    stride = tuple(mm.test_stride) or tuple(c * 2 // 3 for c in crop)
+    stride = mmseg_transforms._pair(stride, "task.mmseg.test_stride")
+    return dict(mode=mm.test_mode, crop=crop, stride=stride, flip=bool(mm.tta_flip))
+
+  def eval_batches(self, process_index: int = 0, process_count: int = 1):
+    """The mmseg test: every eval example on its bucket's static canvases
+    (``MMSegEvalTransform.eval_bucket``), grouped so that each batch holds one bucket;
+    otherwise the fixed-shape pipeline. See ``bucketed_eval_batches``."""
+    if not self._mmseg_eval():
+      return super().eval_batches(process_index, process_count)
+    self._test_cfg()   # fail before reading anything
+    return bucketed_eval_batches(self.config, self._mmseg_eval_transform(), process_index,
+                                 process_count)
 
   def eval_padding(self):
     padding = super().eval_padding()
@@ -388,8 +441,27 @@ class SegmentationTask(base.Task):
     loss = decode_ce + task.aux_weight * aux_ce
     return loss, ({"ce": decode_ce, "aux_ce": aux_ce}, model_state)
 
+  def _mmseg_scores(self, model, params, model_state, batch) -> jnp.ndarray:
+    """``(B, Lh, Lw, K)`` scores at the source label size: ``seg_inference.predict`` on the
+    decode logits (UperNet's 1/4-scale ones; the aux head's output is unused, so XLA drops
+    it) or on a model's full-resolution logits."""
+    method = "head_logits" if callable(getattr(model, "head_logits", None)) else None
+
+    def apply_fn(images):
+      out, _ = base.apply_with_state(model, params, model_state, images, train=False,
+                                     **({"method": method} if method else {}))
+      return out[0] if method else out
+
+    return seg_inference.predict(apply_fn, batch["images"], batch["image_sizes"],
+                                 batch["label_size"], batch["label"].shape[1:3],
+                                 **self._test_cfg())
+
   def eval_step(self, model, params, model_state, batch):
-    logits, _ = base.apply_with_state(model, params, model_state, batch["image"], train=False)
+    if self._mmseg_eval():
+      logits = self._mmseg_scores(model, params, model_state, batch)
+    else:
+      logits, _ = base.apply_with_state(model, params, model_state, batch["image"],
+                                        train=False)
     mask = batch["mask"]
     labels = batch["label"]
     preds = jnp.argmax(logits, axis=-1)
@@ -451,3 +523,88 @@ class _WithVolumeKeys:
     out["volume_id"] = np.int32(example["volume_id"])
     out["slice_index"] = np.int32(example["slice_index"])
     return out
+
+
+# ------------------------------------------------------------------ the mmseg test's batches
+
+
+def source_image_sizes(dataset_config, split: str, image_key: str) -> list[tuple[int, int]]:
+  """``(H, W)`` of every image of ``split``, in order. Encoded images are not decoded: the
+  sizes come from their headers (PIL reads only those), so this pass is cheap."""
+  # Imported here: the task module stays light for code that never reads data.
+  import io  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  from swin_jax.data import sources  # pylint: disable=import-outside-toplevel
+  builder = sources.prepared_builder(dataset_config)
+  features = builder.info.features
+  skip = {name: tfds.decode.SkipDecoding() for name, feature in features.items()
+          if isinstance(feature, tfds.features.Image)}
+  source = builder.as_data_source(split=split, decoders=skip or None)
+  sizes = []
+  for i in range(len(source)):
+    image = source[i][image_key]
+    if isinstance(image, (bytes, np.bytes_)):
+      width, height = Image.open(io.BytesIO(image)).size
+    else:
+      height, width = np.shape(image)[:2]
+    sizes.append((int(height), int(width)))
+  return sizes
+
+
+def bucket_plan(buckets: list, global_batch: int, process_index: int = 0,
+                process_count: int = 1) -> list[tuple[int, object]]:
+  """This host's ``(example index or -1 for padding, bucket)`` sequence: the examples of
+  each bucket (in sorted bucket order, then index order) cut into global batches of
+  ``global_batch``, the last one padded with -1; host ``i`` takes positions ``[i b,
+  (i + 1) b)`` of each global batch (``b = global_batch / process_count``). Every host gets
+  the same buckets in the same order, so they run the same programs together."""
+  local = global_batch // process_count
+  by_bucket: dict = {}
+  for index, bucket in enumerate(buckets):
+    by_bucket.setdefault(bucket, []).append(index)
+  plan = []
+  for bucket in sorted(by_bucket):
+    indices = by_bucket[bucket]
+    indices = indices + [-1] * (-len(indices) % global_batch)
+    for start in range(0, len(indices), global_batch):
+      share = indices[start + process_index * local: start + (process_index + 1) * local]
+      plan.extend((index, bucket) for index in share)
+  return plan
+
+
+def bucketed_eval_batches(config, transform: mmseg_transforms.MMSegEvalTransform,
+                          process_index: int = 0, process_count: int = 1):
+  """This host's eval batches for the mmseg test: ``{'images': (one (b, Hc_r, Wc_r, 3)
+  canvas per test scale), 'image_sizes': (b, n, 2), 'label': (b, Lh, Lw), 'label_size':
+  (b, 2), 'mask': (b,)}``, each batch from one bucket (``bucket_plan``), so an eval set
+  compiles one program per bucket it holds. Each host reads the image sizes of the whole
+  split (headers only) to make the same plan."""
+  import grain  # pylint: disable=import-outside-toplevel
+  from swin_jax.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+  batch = pipeline.per_host_batch_size(config.eval_batch_size or config.batch_size,
+                                       process_count, "eval_batch_size")
+  split = config.dataset.eval_split
+  sizes = source_image_sizes(config.dataset, split, transform.image_key)
+  plan = bucket_plan([transform.eval_bucket(size) for size in sizes], batch * process_count,
+                     process_index, process_count)
+  source = sources.open_source(config.dataset, split)
+  ds = grain.MapDataset.source(plan).map(_OnCanvas(source, transform))
+  threads = config.dataset.read_threads
+  return ds.batch(batch, drop_remainder=False).to_iter_dataset(
+      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2, 2 * threads)))
+
+
+class _OnCanvas:
+  """``(index, bucket)`` -> the transformed example on the bucket's canvases, ``mask`` 1;
+  index -1 -> the bucket's padding example, ``mask`` 0."""
+
+  def __init__(self, source, transform: mmseg_transforms.MMSegEvalTransform):
+    self.source, self.transform = source, transform
+
+  def __call__(self, element):
+    index, bucket = element
+    if index < 0:
+      return {**self.transform.padding(bucket), "mask": np.float32(0.0)}
+    example = self.transform(self.source[index])
+    return {**self.transform.to_canvas(example, bucket), "mask": np.float32(1.0)}

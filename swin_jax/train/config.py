@@ -96,8 +96,10 @@ def base_config(task: str = "classification") -> ConfigDict:
       # 1 - (1 - t / W) * (1 - warmup_ratio) (mmcv 1.x, the mmseg/mmdet recipes).
       warmup_mode="timm",
       warmup_ratio=0.1,              # 'mmcv' only: the factor at t = 0 (mmcv's default)
-      schedule="cosine",             # 'cosine' | 'linear' | 'constant' | 'poly' (after warmup)
+      schedule="cosine",             # 'cosine' | 'linear' | 'constant' | 'poly' | 'step'
       poly_power=0.9,                # 'poly': lr * (1 - t / T) ** poly_power ('mmcv': to min_lr)
+      step_epochs=(),                # 'step': lr * step_gamma at each of these epochs (mmdet
+      step_gamma=0.1,                # lr_config step=[8, 11]); floats, in epochs of the run
       weight_decay=0.05,
       b1=0.9,
       b2=0.999,

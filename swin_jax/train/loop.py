@@ -109,14 +109,29 @@ def _is_finite(metrics: dict[str, float]) -> bool:
 
 
 def evaluate(task, eval_fn, state, config, mesh) -> dict[str, float]:
-  """The task's metrics over this run's whole eval split (every host reads its share)."""
+  """The task's metrics over this run's whole eval split (every host reads its share).
+
+  Prints ``eval compiles: N`` when the pass compiled ``eval_fn`` for N new batch shapes (a
+  task with several static eval shapes, e.g. segmentation's mmseg test canvases, compiles
+  one program per shape; later passes reuse them).
+  """
+  del config  # the task reads its own
   evaluator = task.evaluator()
-  batches = pipeline.eval_iterator(config, jax.process_index(), jax.process_count(),
-                                   task.eval_transform(), task.eval_padding())
-  for batch in batches:
+  programs = _compiled_programs(eval_fn)
+  for batch in task.eval_batches(jax.process_index(), jax.process_count()):
     outputs = eval_fn(state.params, state.model_state, sharding_lib.global_batch(batch, mesh))
     evaluator.update(jax.device_get(outputs))
+  compiled = _compiled_programs(eval_fn) - programs
+  if compiled:
+    logging.info("eval compiles: %d", compiled)
+    print(f"eval compiles: {compiled}", flush=True)
   return evaluator.result()
+
+
+def _compiled_programs(jitted) -> int:
+  """How many programs a ``jax.jit`` function has compiled (0 if JAX does not say)."""
+  cache_size = getattr(jitted, "_cache_size", None)
+  return int(cache_size()) if callable(cache_size) else 0
 
 
 def sharded_train_step(task, model, tx, schedule, state_sharding: Any,

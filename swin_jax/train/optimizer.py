@@ -15,7 +15,8 @@ Pieces, each matching the official code (``microsoft/Swin-Transformer``: ``main.
 - learning rates are given per ``reference_batch_size`` images and scaled linearly;
 - linear warmup, then timm's ``CosineLRScheduler`` (``warmup_prefix=True``,
   ``cycle_limit=1``) evaluated per optimizer update; or (``warmup_mode='mmcv'``) mmcv 1.x's
-  rule, where warmup scales the lr the schedule gives that update (the mmseg recipes);
+  rule, where warmup scales the lr the schedule gives that update (the mmseg recipes, and
+  the mmdet ones with ``schedule='step'``: x0.1 at given epochs);
 - global-norm clipping, then AdamW whose decoupled weight decay skips, by official param
   name (``config.optimizer.no_decay_1d_and_bias`` / ``no_decay_keywords``), 1-D params,
   biases, position tables and the V2 ``cpb_mlp``/``logit_scale``;
@@ -57,7 +58,7 @@ PyTree = Any
 NO_DECAY_KEYWORDS = ("absolute_pos_embed", "relative_position_bias_table", "cpb_mlp",
                      "logit_scale", "mask_token")
 
-SCHEDULES = ("cosine", "linear", "constant", "poly")
+SCHEDULES = ("cosine", "linear", "constant", "poly", "step")
 WARMUP_MODES = ("timm", "mmcv")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -102,7 +103,8 @@ def warmup_updates(opt_cfg: ml_collections.ConfigDict, total_updates: int,
 
 def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
                 warmup_lr: float = 0.0, min_lr: float = 0.0, warmup_mode: str = "timm",
-                poly_power: float = 0.9, warmup_ratio: float = 0.0) -> optax.Schedule:
+                poly_power: float = 0.9, warmup_ratio: float = 0.0,
+                milestones: Sequence[int] = (), gamma: float = 0.1) -> optax.Schedule:
   """The lr as a function of the optimizer update count ``t`` (0 for the first update).
 
   Plain numbers, no config: ``kind`` is one of ``SCHEDULES``, ``lr``/``warmup_lr``/``min_lr``
@@ -119,7 +121,11 @@ def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
     poly:     ``lr * max(1 - u / T, 0) ** poly_power`` (Swin-Unet ``trainer.py``; ``min_lr``
               unused). The official loop sets the lr after each step from the finished
               iteration count, so its update ``t >= 1`` runs at ``(1 - (t - 1) / T)``: one
-              update behind this formula, a difference of under ``power / T`` relative.
+              update behind this formula, a difference of under ``power / T`` relative;
+    step:     ``lr * gamma ** #{m in milestones: u >= m}`` (mmcv ``StepLrUpdaterHook``;
+              ``min_lr`` unused). Milestones count updates: mmdet's epoch-based
+              ``step=[8, 11]`` is ``8 * updates_per_epoch``, ... (mmcv sets an epoch's lr
+              at its start, so update ``8 E`` is the first at 0.1x).
 
   ``'mmcv'`` (mmcv 1.x ``LrUpdaterHook``, the mmseg/mmdet forks, ``by_epoch=False``): the
   schedule runs over the whole run, ``u = t`` and ``T = total_updates``, with poly as
@@ -164,6 +170,9 @@ def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
       # (T - t) / T: exact in float32 near the end, where 1 - t / T cancels.
       after = ((lr - min_lr) * xp.maximum((decay - u) / decay, 0.0) ** poly_power
                + min_lr)
+    elif kind == "step":
+      passed = sum((u >= m).astype(t.dtype) for m in milestones) if milestones else 0.0 * t
+      after = lr * xp.asarray(gamma, t.dtype) ** passed
     else:
       after = xp.full_like(t, lr)
     if prefix:
@@ -185,7 +194,8 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
 
   The rates are ``scaled_learning_rates(opt_cfg, batch_size)``, the warmup
   ``warmup_updates(...)`` updates; ``schedule``, ``warmup_mode``, ``poly_power`` and
-  ``warmup_ratio`` come from the config (formulas in ``lr_schedule``).
+  ``warmup_ratio`` come from the config (formulas in ``lr_schedule``), and for ``'step'`` the
+  milestones ``int(e * updates_per_epoch)`` of ``step_epochs`` with factor ``step_gamma``.
   """
   if opt_cfg.schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule {opt_cfg.schedule!r} is not one of {SCHEDULES}")
@@ -197,7 +207,10 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
   return lr_schedule(opt_cfg.schedule, lr, total_updates, warmup, warmup_lr=warmup_lr,
                      min_lr=min_lr, warmup_mode=mode,
                      poly_power=opt_cfg.get("poly_power", 0.9),
-                     warmup_ratio=opt_cfg.get("warmup_ratio", 0.0))
+                     warmup_ratio=opt_cfg.get("warmup_ratio", 0.0),
+                     milestones=tuple(int(e * updates_per_epoch)
+                                      for e in opt_cfg.get("step_epochs", ())),
+                     gamma=opt_cfg.get("step_gamma", 0.1))
 
 
 # ----------------------------------------------------------------------------------------

@@ -44,7 +44,14 @@ def _axis_samples(start: jnp.ndarray, bin_size: jnp.ndarray, bins: int, sample: 
   # torchvision: start + p * bin + (iy + .5f) * bin / grid, in this order.
   coord = (start[:, None] + p[None, :] * bin_size[:, None] +
            np.float32(sample + 0.5) * bin_size[:, None] / np.float32(sampling_ratio))
-  size = size[:, None]
+  return bilinear_corners(coord, size[:, None])
+
+
+def bilinear_corners(coord: jnp.ndarray, size: jnp.ndarray):
+  """torchvision's ``bilinear_interpolate`` along one axis, for sample positions ``coord``
+  on an axis of ``size`` pixels (broadcastable float32): the corners ``(low, high)`` int32,
+  their weights ``(1 - frac, frac)`` and ``inside`` (``-1 <= coord <= size``; samples
+  outside count as zero)."""
   inside = (coord >= -1.0) & (coord <= size)
   coord = jnp.maximum(coord, 0.0)
   low = jnp.floor(coord)

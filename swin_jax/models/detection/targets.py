@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swin_jax.models.detection import box_coder
+from swin_jax.models.detection import box_coder, roi_align
 from swin_jax.models.detection.assigner import (RCNN_ASSIGNER, RPN_ASSIGNER, AssignerConfig,
                                                 max_iou_assign)
 from swin_jax.models.detection.sampler import (RCNN_SAMPLER, RPN_SAMPLER, SamplerConfig,
@@ -154,16 +154,10 @@ def _axis_weights(start: jnp.ndarray, bin_size: jnp.ndarray, grid: jnp.ndarray,
     # torchvision: start + ph * bin + (iy + .5f) * bin / grid, in this order.
     coord = (start[:, None] + ph * bin_size[:, None] +
              (s.astype(jnp.float32) + 0.5) * bin_size[:, None] / fgrid)
-    take = ((coord >= -1.0) & (coord <= size) & (s < grid[:, None])).astype(jnp.float32)
-    coord = jnp.maximum(coord, 0.0)
-    low = jnp.floor(coord)
-    at_edge = low >= size - 1
-    low = jnp.where(at_edge, size - 1, low)
-    high = jnp.where(at_edge, size - 1, low + 1)
-    coord = jnp.where(at_edge, low, coord)
-    frac = coord - low
-    acc = acc.at[rows, cols, low.astype(jnp.int32)].add((1.0 - frac) * take)
-    return acc.at[rows, cols, high.astype(jnp.int32)].add(frac * take)
+    low, high, w_low, w_high, inside = roi_align.bilinear_corners(coord, size)
+    take = (inside & (s < grid[:, None])).astype(jnp.float32)
+    acc = acc.at[rows, cols, low].add(w_low * take)
+    return acc.at[rows, cols, high].add(w_high * take)
 
   return jax.lax.fori_loop(0, max_grid, add_sample, jnp.zeros((p, bins, length), jnp.float32))
 
