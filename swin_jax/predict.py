@@ -36,10 +36,10 @@ from PIL import Image, UnidentifiedImageError
 
 from swin_jax import cli
 from swin_jax.convert import params_dir
-from swin_jax.convert.torch_checkpoint import init_params, load_torch_checkpoint
+from swin_jax.convert.torch_checkpoint import init_variables, input_size, load_torch_variables
 from swin_jax.data import class_names, images
 from swin_jax.models import registry
-from swin_jax.models import window as window_ops
+from swin_jax.models.backbone import find_backbones
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "swin_tiny_patch4_window7_224",
@@ -70,6 +70,7 @@ class Loaded:
   source: str                          # for the printout
   name: str                            # registry name
   run_config: dict | None = None       # a training run's config.json
+  model_state: dict = dataclasses.field(default_factory=dict)  # UperNet's batch_stats
 
 
 def is_run_dir(path: str | None) -> bool:
@@ -78,31 +79,38 @@ def is_run_dir(path: str | None) -> bool:
 
 
 def load(name: str, checkpoint: str | None, **overrides) -> Loaded:
-  """The model and params of a run dir, a converted dir, a PyTorch file, or a random init."""
+  """The model and variables of a run dir, a converted dir, a PyTorch file, or a random init."""
   if is_run_dir(checkpoint):
     from swin_jax.train import init_from  # pylint: disable=import-outside-toplevel
-    model, params = init_from.latest_run_params(checkpoint)
-    with open(os.path.join(checkpoint, init_from.RUN_CONFIG_FILE)) as f:
-      config = json.load(f)
+    model, variables = init_from.latest_run_variables(checkpoint)
+    config = init_from.run_config(checkpoint)
+    params = variables.pop("params")
     return Loaded(model, params, f"training run {checkpoint} (latest checkpoint)",
-                  config["model"]["name"], config)
+                  config["model"]["name"], config, variables)
   if checkpoint and os.path.isdir(checkpoint):
     model, params = params_dir.load_params_dir(checkpoint)
     with open(os.path.join(checkpoint, params_dir.MODEL_FILE)) as f:
-      return Loaded(model, params, checkpoint, json.load(f)["model"])
+      name = json.load(f)["model"]
+    return Loaded(model, params, checkpoint, name,
+                  model_state=params_dir.load_model_state(checkpoint))
   name = registry.resolve_name(name)
   model = registry.create_model(name, **overrides)
   if checkpoint:
-    return Loaded(model, _load_file(checkpoint, model), checkpoint, name)
-  return Loaded(model, init_params(model), "random init (no --checkpoint: classes are "
-                "meaningless)", name)
+    variables = _load_file(checkpoint, model)
+    source = checkpoint
+  else:
+    variables = init_variables(model)
+    source = "random init (no --checkpoint: classes are meaningless)"
+  params = variables.pop("params")
+  return Loaded(model, params, source, name, model_state=variables)
 
 
-def _load_file(path: str, model: Any) -> Any:
+def _load_file(path: str, model: Any) -> dict[str, Any]:
   from swin_jax.convert import swin_unet  # pylint: disable=import-outside-toplevel
   if swin_unet.is_swin_unet(model):
-    return swin_unet.load_swin_unet(path, model)[0]  # tables resized to the model's window
-  return load_torch_checkpoint(path, model)
+    # Tables resized to the model's window.
+    return {"params": swin_unet.load_swin_unet(path, model)[0]}
+  return load_torch_variables(path, model)
 
 
 def load_model_and_params(name: str, checkpoint: str | None, **overrides):
@@ -110,6 +118,12 @@ def load_model_and_params(name: str, checkpoint: str | None, **overrides):
   random init."""
   loaded = load(name, checkpoint, **overrides)
   return loaded.model, loaded.params, loaded.source
+
+
+def window_size(model: Any) -> Any:
+  """The window of the model's (first) Swin backbone, for the printout."""
+  backbone = next(iter(find_backbones(model).values()), None)
+  return getattr(model, "window_size", None) or getattr(backbone, "window_size", None)
 
 
 def load_input_image(path_or_name: str) -> Image.Image:
@@ -243,18 +257,20 @@ def main(argv) -> None:
   image = load_input_image(FLAGS.image)  # before the weights: a wrong path fails at once
   loaded = load(FLAGS.model, FLAGS.checkpoint, **overrides)
   model = loaded.model
-  hw = window_ops.to_pair(model.img_size)
+  hw = input_size(model)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(loaded.params))
 
   # The output's rank says what the model predicts: (B, K) classes or (B, H, W, K) masks.
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+  # BatchNorm statistics (UperNet) are fixed in eval mode: part of the program.
+  state = loaded.model_state
+  forward = jax.jit(lambda p, x: model.apply({"params": p, **state}, x, train=False))
   start = time.perf_counter()
   lowered = forward.lower(loaded.params, jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32))
   compiled = lowered.compile()
   times = {"compile": time.perf_counter() - start}
   dense = lowered.out_info.ndim == 4
 
-  print(f"model      {loaded.name} (window {model.window_size}, {num_params:,} params, "
+  print(f"model      {loaded.name} (window {window_size(model)}, {num_params:,} params, "
         f"{'segmentation' if dense else 'classification'})")
   print(f"weights    {loaded.source}")
   if dense:

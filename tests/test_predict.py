@@ -14,7 +14,7 @@ import pytest
 
 from swin_jax import predict
 from swin_jax.convert import params_dir
-from swin_jax.convert.torch_checkpoint import export_torch_state_dict, init_params
+from swin_jax.convert.torch_checkpoint import export_torch_state_dict, init_params, init_variables
 from swin_jax.data import class_names, images
 from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
@@ -135,18 +135,22 @@ UNET = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1,
 UNET_CLASSES = ("background", "disc", "ring", "bar")
 
 
-def _fake_segmentation_run(workdir, params) -> str:
+def _fake_segmentation_run(workdir, params, name=UNET_NAME, overrides=None,
+                           model_state=None) -> str:
   """A run dir as the training loop leaves it: config.json and checkpoints/<step>/state."""
   config = config_lib.base_config("segmentation")
-  config.model.name = UNET_NAME
-  config.model.overrides.update(UNET)
+  config.model.name = name
+  config.model.overrides.update(overrides or UNET)
   config.dataset.update(dict(name="digit_scenes/32px", num_classes=4, image_size=32))
   config.task.class_names = UNET_CLASSES
   os.makedirs(workdir)
   with open(os.path.join(workdir, init_from.RUN_CONFIG_FILE), "w") as f:
     json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+  state = {"params": params, "step": np.int32(3)}
+  if model_state:
+    state["model_state"] = model_state
   with checkpoint_lib.Checkpointer(workdir) as ckpt:
-    ckpt.save(3, {"params": params, "step": np.int32(3)}, {"position": 0}, force=True)
+    ckpt.save(3, state, {"position": 0}, force=True)
     ckpt.wait()
   return str(workdir)
 
@@ -232,3 +236,67 @@ def test_bad_images_give_one_line_errors(segment_cli):
   code, stdout, stderr = segment_cli["results"]["not_image"]
   assert code == 1 and "error: notes.png is not an image file" in stderr
   assert "Traceback" not in stderr
+
+
+UPERNET_NAME = "upernet_swin_tiny_patch4_window7_512"
+UPERNET = dict(img_size=32, patch_size=2, embed_dim=8, depths=(1, 1, 1), num_heads=(1, 1, 1),
+               window_size=4, num_classes=4, channels=8, aux_channels=4, pool_scales=(1, 2),
+               drop_path_rate=0.0)
+
+
+def _planted_batch_stats(batch_stats, seed: int):
+  """Running means and variances far from init (0 and 1), so ignoring them shows."""
+  leaves, treedef = jax.tree.flatten_with_path(batch_stats)
+  rng = np.random.default_rng(seed)
+  planted = [rng.normal(0, 0.5, x.shape).astype(np.float32) if path[-1].key == "mean" else
+             rng.uniform(0.3, 3.0, x.shape).astype(np.float32) for path, x in leaves]
+  return jax.tree.unflatten(treedef, planted)
+
+
+@pytest.fixture(scope="module")
+def upernet_cli(tmp_path_factory):
+  """The command on a tiny UperNet whose BatchNorm statistics are planted: from a run dir
+  (train state ``model_state``) and a converted dir (``model_state/``), side by side."""
+  tmp = tmp_path_factory.mktemp("upernet")
+  model = registry.create_model(UPERNET_NAME, **UPERNET)
+  variables = init_variables(model, seed=2)
+  params = variables["params"]
+  model_state = {"batch_stats": _planted_batch_stats(variables["batch_stats"], seed=4)}
+  run = _fake_segmentation_run(tmp / "run", params, UPERNET_NAME, UPERNET, model_state)
+  params_dir.save_params_dir(str(tmp / "converted"), params, UPERNET_NAME, UPERNET,
+                             model_state=model_state)
+  image = np.random.default_rng(6).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  images.Image.fromarray(image).save(tmp / "scene.png")
+  processes = {source: _start_predict(tmp, "--checkpoint", str(tmp / source), "--image",
+                                      "scene.png", "--overlay", f"{source}.png")
+               for source in ("run", "converted")}
+  return dict(results={k: _finish(p) for k, p in processes.items()}, tmp=tmp, model=model,
+              params=params, model_state=model_state, image=image)
+
+
+def test_upernet_overlay_uses_the_saved_batchnorm_statistics(upernet_cli):
+  model, image = upernet_cli["model"], upernet_cli["image"]
+  pixels = ((image / np.float32(255.0) - images.IMAGENET_MEAN) /
+            images.IMAGENET_STD)[None].astype(np.float32)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  logits = np.asarray(forward({"params": upernet_cli["params"], **upernet_cli["model_state"]},
+                              pixels))[0]
+  labels = logits.argmax(-1)
+  top2 = np.sort(logits, -1)[..., -2:]
+  clear = top2[..., 1] - top2[..., 0] > 1e-4
+  # The planted statistics matter: init statistics predict other classes.
+  init_stats = init_variables(model, seed=2)["batch_stats"]
+  other = np.asarray(forward({"params": upernet_cli["params"], "batch_stats": init_stats},
+                             pixels))[0].argmax(-1)
+  assert np.mean(other[clear] != labels[clear]) > 0.1
+  colors = overlay.class_colors(4)
+  for source in ("run", "converted"):
+    code, stdout, stderr = upernet_cli["results"][source]
+    assert code == 0, stderr[-3000:]
+    assert "upernet_swin_tiny_patch4_window7_512 (window 4" in stdout
+    written = np.asarray(images.Image.open(upernet_cli["tmp"] / f"{source}.png"))
+    for k in range(4):
+      where = clear & (labels == k)
+      expected = image[where] if k == 0 else np.rint(
+          0.5 * image[where] + 0.5 * colors[k].astype(np.float64)).astype(np.uint8)
+      np.testing.assert_array_equal(written[where], expected, err_msg=f"{source}: class {k}")

@@ -29,7 +29,7 @@ from swin_jax import cli
 from swin_jax.convert import params_dir
 from swin_jax.convert import swin_unet
 from swin_jax.convert.torch_checkpoint import (ALL_PROBLEMS, export_torch_state_dict,
-                                               load_torch_checkpoint)
+                                               load_torch_variables)
 from swin_jax.models import registry
 
 FLAGS = flags.FLAGS
@@ -79,10 +79,14 @@ def _to_jax() -> None:
     params, report = swin_unet.load_swin_unet(FLAGS.checkpoint, model,
                                               allow=() if FLAGS.strict else ALL_PROBLEMS)
     print(report.summary())
+    variables = {}
   else:
-    params = load_torch_checkpoint(FLAGS.checkpoint, model, strict=FLAGS.strict,
-                                   label_space=FLAGS.label_space)
-  out = params_dir.save_params_dir(FLAGS.out, params, FLAGS.model, overrides)
+    # UperNet's BatchNorm statistics come with its params (``{'batch_stats': ...}``).
+    variables = load_torch_variables(FLAGS.checkpoint, model, strict=FLAGS.strict,
+                                     label_space=FLAGS.label_space)
+    params = variables.pop("params")
+  out = params_dir.save_params_dir(FLAGS.out, params, FLAGS.model, overrides,
+                                   model_state=variables)
   logging.info("wrote %s (%s)", out, registry.resolve_name(FLAGS.model))
   print(f"converted {FLAGS.checkpoint} -> {out}")
 

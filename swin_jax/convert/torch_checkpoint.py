@@ -136,10 +136,21 @@ def abstract_params(model: nn.Module) -> dict[Path, jax.ShapeDtypeStruct]:
   return flax.traverse_util.flatten_dict(variables["params"])
 
 
+def input_size(model: nn.Module) -> tuple[int, int]:
+  """``(H, W)`` of the images the model (its first backbone) is built for."""
+  return tuple(_example_images(model).shape[1:3])
+
+
+def init_variables(model: nn.Module, seed: int = 0) -> dict[str, Any]:
+  """Freshly initialised variables (jitted init): ``{'params': ...}`` plus the model's other
+  collections (UperNet's ``batch_stats``)."""
+  images = jnp.zeros(_example_images(model).shape, jnp.float32)
+  return dict(jax.jit(model.init)(jax.random.PRNGKey(seed), images))
+
+
 def init_params(model: nn.Module, seed: int = 0) -> dict[str, Any]:
   """Freshly initialised params (jitted init), a nested dict."""
-  images = jnp.zeros(_example_images(model).shape, jnp.float32)
-  return jax.jit(model.init)(jax.random.PRNGKey(seed), images)["params"]
+  return init_variables(model, seed)["params"]
 
 
 def _backbone_of(path: Path, backbones: Mapping[Path, SwinTransformer]

@@ -71,28 +71,37 @@ def run_config(workdir: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def _latest_run_state_params(workdir: str) -> Any:
+def _latest_state_dir(workdir: str) -> str:
   manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"run directory {workdir} has no complete checkpoint")
-  return _restore_params_on_host(os.path.join(workdir, "checkpoints", str(step), "state"))
+  return os.path.join(workdir, "checkpoints", str(step), "state")
 
 
-def _restore_params_on_host(state_dir: str) -> Any:
-  """The ``params`` of a saved train state as numpy arrays, whatever devices and mesh wrote
-  them (a run of 8 devices opens in a 1-device notebook); the rest of the state is not read."""
+def _latest_run_state_params(workdir: str) -> Any:
+  return _restore_on_host(_latest_state_dir(workdir), ("params",))["params"]
+
+
+def _restore_on_host(state_dir: str, fields: tuple[str, ...]) -> dict[str, Any]:
+  """Those of ``fields`` (``params``, ``model_state``) a saved train state has, as numpy
+  arrays, whatever devices and mesh wrote them (a run of 8 devices opens in a 1-device
+  notebook); the rest of the state is not read."""
   # The handler's own metadata: the checkpointer's also looks for step metadata, which
   # lives one folder up, and logs a warning when it is not here.
   saved = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir)).tree
-  wanted = {"params": saved["params"]}
+  wanted = {field: saved[field] for field in fields if saved.get(field)}
   on_host = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+  return ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
       item=wanted, restore_args=on_host, partial_restore=True))
-  return restored["params"]
 
 
-def latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
+def _run_model(workdir: str) -> nn.Module:
+  model_cfg = run_config(workdir)["model"]
+  return registry.create_model_from_json(model_cfg["name"], model_cfg["overrides"])
+
+
+def latest_run_params(workdir: str) -> tuple[nn.Module, Any]:
   """Model and params of the newest complete checkpoint of a swin_jax run directory.
 
   ``workdir``: what ``python -m swin_jax.main --workdir`` wrote (``config.json`` and
@@ -101,9 +110,16 @@ def latest_run_params(workdir: str) -> tuple[SwinTransformer, Any]:
   ``model.apply({'params': params}, images)`` takes, images ``(B, H, W, 3)`` at the run's size.
   """
   workdir = _abs(workdir)
-  model_cfg = run_config(workdir)["model"]
-  model = registry.create_model_from_json(model_cfg["name"], model_cfg["overrides"])
-  return model, _latest_run_state_params(workdir)
+  return _run_model(workdir), _latest_run_state_params(workdir)
+
+
+def latest_run_variables(workdir: str) -> tuple[nn.Module, dict[str, Any]]:
+  """Model and variables of a run's newest checkpoint: ``{'params': ...}`` plus the model's
+  other collections (UperNet's ``batch_stats``), what ``model.apply(variables, images)``
+  takes in eval mode."""
+  workdir = _abs(workdir)
+  restored = _restore_on_host(_latest_state_dir(workdir), ("params", "model_state"))
+  return _run_model(workdir), {"params": restored["params"], **restored.get("model_state", {})}
 
 
 def resolve_label_space(path: str, label_space: str = "auto") -> str:
