@@ -277,12 +277,18 @@ def test_eval_transform_matches_mmcv_keep_ratio_resize(mm):
   mmcv, processing, _ = mm
   rng = np.random.default_rng(6)
   image, label = smooth_image(rng, 30, 40), block_label(rng, 30, 40)
-  out = mt.MMSegEvalTransform(reduce_zero_label=True)({"image": image, "label": label})
-  results = processing.Resize(scale=(2048, 512), keep_ratio=True).transform(
-      {"img": image[..., ::-1].copy()})
-  assert out["image"].shape == results["img"].shape == (512, 683, 3)
-  ref = mmcv.imnormalize(results["img"].astype(np.float32), MEAN, STD, to_rgb=True)
-  assert_matches_opencv(out["image"], ref, scale=STD)
+  out = mt.MMSegEvalTransform(reduce_zero_label=True, ratios=(1.0, 0.75))(
+      {"image": image, "label": label})
+  # The official fork's MultiScaleFlipAug: Resize to (int(2048 r), int(512 r)), keep ratio.
+  for image_r, size, scale, expected in zip(out["images"], out["image_sizes"],
+                                            [(2048, 512), (1536, 384)],
+                                            [(512, 683, 3), (384, 512, 3)]):
+    results = processing.Resize(scale=scale, keep_ratio=True).transform(
+        {"img": image[..., ::-1].copy()})
+    assert image_r.shape == results["img"].shape == expected
+    assert tuple(size) == expected[:2]
+    ref = mmcv.imnormalize(results["img"].astype(np.float32), MEAN, STD, to_rgb=True)
+    assert_matches_opencv(image_r, ref, scale=STD)
   np.testing.assert_array_equal(out["label_full"], mt.reduce_zero_label(label))
   np.testing.assert_array_equal(out["label_size"], [30, 40])
 
@@ -428,7 +434,7 @@ def test_pipeline_selection_and_errors():
   assert type(default.train_transform()).__name__ == "SegTransform"
   mmseg = tasks.get_task(segmentation_config(pipeline="mmseg"))
   assert mmseg.train_transform() == mt.MMSegTrainTransform(crop_size=32)
-  assert type(mmseg.eval_transform()).__name__ == "SegTransform"   # eval unchanged
+  assert mmseg.eval_transform() == mt.MMSegEvalTransform()          # mmseg's test pipeline
   bad = tasks.get_task(segmentation_config(pipeline="mmsegmentation"))
   with pytest.raises(ValueError, match=r"task.pipeline 'mmsegmentation' is not one of"):
     bad.train_transform()
