@@ -10,7 +10,8 @@ For notebooks, the plain-function entry points (imported on first use, so
 
 ``optimizer``: ``lr_schedule``, ``build_optimizer``, ``weight_decay_mask``, ``DecayRule``,
 ``layer_decay_scales`` and the config path ``make_optimizer``; ``init_from``:
-``latest_run_params``, ``run_config``, ``load_initial``; ``loop``: the one training loop
+``latest_run_params``, ``latest_run_variables`` (with BatchNorm statistics), ``run_config``,
+``load_initial``; ``loop``: the one training loop
 (``swin_jax.main`` runs it).
 """
 
@@ -27,6 +28,7 @@ _LAZY = {
     "make_optimizer": "optimizer",
     "weight_decay_mask": "optimizer",
     "latest_run_params": "init_from",
+    "latest_run_variables": "init_from",
     "run_config": "init_from",
 }
 
