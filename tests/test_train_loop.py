@@ -143,6 +143,7 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
     config.dataset.image_size = 128
     if "mmseg" in config.task:
       config.task.mmseg.crop_size = 128
+      config.task.mmseg.test_scale = (512, 128)   # mmseg's test resize, at that scale
   result = loop.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(result.metrics["train/loss"])
   if config.task.name == "segmentation":

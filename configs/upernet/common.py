@@ -18,7 +18,8 @@ What the config reproduces:
   (``optimizer.warmup_mode='mmcv'``);
 - 160k iterations of batch 16 (8 GPUs x 2); SyncBN (BatchNorm under ``jit`` averages over
   the global batch); evaluation and checkpoints every 16k iterations, whole-image mIoU from
-  the dataset-wide intersection and union (``eval/miou``, ``eval/macc``, ``eval/aacc``).
+  the dataset-wide intersection and union (``eval/miou``, ``eval/macc``, ``eval/aacc``) at
+  each image's original size.
 
 Learning rates are given per ``reference_batch_size`` images here and scaled linearly to the
 batch (mmseg does not scale): 6e-5 at the official batch 16.
@@ -29,11 +30,19 @@ resize of (2048, 512) by a ratio in [0.5, 2), a 512 x 512 random crop re-drawn (
 while one class covers >= 75 % of it, horizontal flip with p 0.5, PhotoMetricDistortion,
 ImageNet mean/std on 0..255, padding to 512 x 512 with 0 (image) and 255 (label); OpenCV's
 bilinear/nearest resize and uint8 HSV numerics are reproduced (see that module).
-NOT IMPLEMENTED YET: evaluation still scores the 512 x 512 resize of each image against its
-resized label (the task's ``SegTransform``), not mmseg's keep-ratio resize to (2048, 512)
-with the logits resized back to the original label (``MMSegEvalTransform`` builds those
-inputs but nothing runs them yet); nor the sliding-window or multi-scale + flip testing
-(``ADE20K_TEST_PIPELINE``).
+Evaluation (``swin_jax.tasks.seg_inference``): mmseg's test pipeline, ``ADE20K_TEST_PIPELINE``
+below: a keep-ratio resize to (2048, 512) (short side 512), ``test_cfg mode='whole'`` (the
+official Swin UperNet configs), the decode logits resized back to the original label (reduced
+by reduce_zero_label, 255 ignored). The ms+flip numbers are the official fork's
+``aug_test``: ratios 0.5 .. 1.75 of (2048, 512) plus horizontal flips, the mean of the
+softmax; select it with ``--config.task.mmseg.tta_ratios='(0.5,0.75,1.0,1.25,1.5,1.75)'
+--config.task.mmseg.tta_flip=True`` (12 forward passes per image). Sliding-window testing:
+``--config.task.mmseg.test_mode=slide`` (crop 512, stride 341). Images are padded onto a few
+static canvases (each side a multiple of 32, 4 sizes per octave: 512 x {512, 640, 768, 896,
+1024, 1280, 1536, 1792, 2048} and the portrait ones; labels likewise), one compiled program
+per canvas pair; the first evaluation prints ``eval compiles: N``. Whole mode on a padded
+canvas lets the model see the padding (as mmseg 1.2.2 does with a test-time pad size); the
+official fork ran each image unpadded, so numbers may differ slightly at padded borders.
 
 Data: TFDS ``scene_parse150`` (ArrayRecord build under ``dataset.data_dir``; its 'test'
 split is ADEChallengeData2016's 2,000 validation images). TFDS builds its ``annotation``
@@ -77,8 +86,8 @@ ADE20K_CLASSES = (
     "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
     "glass", "clock", "flag")
 
-# mmseg configs/_base_/datasets/ade20k.py. The train values go to task.mmseg; the test
-# pipeline is not consumed yet (see the module docstring).
+# mmseg configs/_base_/datasets/ade20k.py. Both go to task.mmseg (see the module docstring);
+# the ms+flip ratios are selectable, single-scale whole-image testing is the default.
 ADE20K_TRAIN_PIPELINE = dict(
     img_scale=(2048, 512),          # Resize, keep ratio, then a random ratio of it
     ratio_range=(0.5, 2.0),
@@ -110,7 +119,7 @@ def ade20k_160k(model_name: str, **model_overrides):
   task.image_key = "image"
   task.label_key = "annotation"
   task.class_names = ADE20K_CLASSES
-  task.normalize = "imagenet"                # eval (SegTransform): ImageNet mean/std, RGB
+  task.normalize = "imagenet"                # SegTransform only; the mmseg pipeline normalises
   task.aug.rot_flip_prob = 0.0               # Swin-Unet's rot90/flip/rotation: not mmseg's
   task.aug.rotate_prob = 0.0
   train = ADE20K_TRAIN_PIPELINE
@@ -119,6 +128,11 @@ def ade20k_160k(model_name: str, **model_overrides):
       scale=train["img_scale"], ratio_range=train["ratio_range"],
       crop_size=train["crop_size"][0],       # square: dataset.image_size
       cat_max_ratio=train["cat_max_ratio"], flip_prob=train["flip_prob"]))
+  test = ADE20K_TEST_PIPELINE
+  task.mmseg.update(dict(
+      test_scale=test["img_scale"], test_mode=test["mode"],
+      tta_ratios=(),                         # ms+flip: test["ms_flip_ratios"] ...
+      tta_flip=False))                       # ... and True (module docstring)
   task.evaluation = "pixels"
   task.loss = "ce_aux"
   task.ignore_index = 255

@@ -62,7 +62,8 @@ def reduce_zero_label(label: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np
   return np.where((label == 0) | (label == ignore_index), ignore_index, label - 1)
 
 
-def _pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+def size_pair(size: int | Sequence[int], name: str) -> tuple[int, int]:
+  """``size`` (an int or an ``(h, w)`` pair) as ``(h, w)``; a ValueError naming ``name``."""
   pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
   if len(pair) != 2 or any(int(s) != s or s <= 0 for s in pair):
     raise ValueError(f"{name} {size!r} must be a positive int or a pair of them")
@@ -183,7 +184,7 @@ def crop_bbox(label: np.ndarray, rng: np.random.Generator, crop_size: int | Sequ
   then ``x0`` likewise (``y1 = y0 + ch`` may pass a smaller image's edge). With
   ``cat_max_ratio < 1`` a crop failing ``crop_acceptable`` is redrawn, 10 times at most; the
   last draw is kept unchecked."""
-  ch, cw = _pair(crop_size, "crop_size")
+  ch, cw = size_pair(crop_size, "crop_size")
 
   def draw():
     y0 = int(rng.integers(0, max(label.shape[0] - ch, 0) + 1))
@@ -221,7 +222,7 @@ def pad_to(image: np.ndarray, label: np.ndarray, size: int | Sequence[int],
            seg_pad_val: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray]:
   """mmseg ``Pad(size, pad_val=0, seg_pad_val)``: ``(h, w, C)``, ``(h, w)`` -> ``size``,
   filled at the bottom and right with 0 (image) and ``seg_pad_val`` (label)."""
-  ph, pw = _pair(size, "size")
+  ph, pw = size_pair(size, "size")
   h, w = label.shape
   if h > ph or w > pw:
     raise ValueError(f"pad_to: {(h, w)} is larger than {(ph, pw)}")
@@ -400,8 +401,8 @@ class MMSegTrainTransform:
   reduce_zero_label: bool = False
 
   def __post_init__(self):
-    object.__setattr__(self, "crop_size", _pair(self.crop_size, "crop_size"))
-    object.__setattr__(self, "scale", _pair(self.scale, "scale"))
+    object.__setattr__(self, "crop_size", size_pair(self.crop_size, "crop_size"))
+    object.__setattr__(self, "scale", size_pair(self.scale, "scale"))
     low, high = (float(r) for r in self.ratio_range)
     if not 0 < low <= high:
       raise ValueError(f"ratio_range {tuple(self.ratio_range)!r} must be 0 < low <= high")
@@ -463,7 +464,8 @@ def keep_ratio_scaled_size(size: tuple[int, int], scale: Sequence[float]) -> tup
   return h * float(factor), w * float(factor)
 
 
-def multi_scale_scales(scale: Sequence[int], ratios: Sequence[float]) -> tuple[tuple[int, int], ...]:
+def multi_scale_scales(scale: Sequence[int],
+                       ratios: Sequence[float]) -> tuple[tuple[int, int], ...]:
   """mmcv ``MultiScaleFlipAug(img_scale=scale, img_ratios=ratios)``: the Resize targets
   ``(int(long r), int(short r))`` of each ratio (the official fork's ms+flip test)."""
   return tuple((int(scale[0] * r), int(scale[1] * r)) for r in ratios)
@@ -510,7 +512,7 @@ class MMSegEvalTransform:
   canvas_steps: int = 4
 
   def __post_init__(self):
-    object.__setattr__(self, "scale", _pair(self.scale, "scale"))
+    object.__setattr__(self, "scale", size_pair(self.scale, "scale"))
     ratios = tuple(float(r) for r in self.ratios)
     if not ratios or any(r <= 0 for r in ratios):
       raise ValueError(f"ratios {self.ratios!r} must be one or more positive numbers")

@@ -31,6 +31,13 @@ eval set as its batch: for ``'ce_aux'`` the decode CE alone, as the aux head doe
 eval). ``'volumes'`` hands the eval outputs to
 ``swin_jax.tasks.medical_metrics.VolumeEvaluator`` (per-volume 3-D Dice/HD95, Synapse).
 
+With ``task.pipeline='mmseg'`` the eval is mmseg's test instead of the square resize: each
+image resized keeping its ratio to ``task.mmseg.test_scale`` (and each TTA ratio), padded
+onto its bucket's static canvases (``MMSegEvalTransform.eval_bucket``), inferred whole or by
+sliding windows (``seg_inference.predict``), and scored against its label at the source size
+(255 outside it). ``eval_batches`` groups the eval set by bucket, so each bucket compiles
+one program; the loop prints ``eval compiles: N``.
+
 ``task.reduce_zero_label`` is mmseg's ``LoadAnnotations(reduce_zero_label=True)`` (ADE20K):
 label 0 becomes the ignore index and every other label ``k`` becomes ``k - 1``.
 """
@@ -244,10 +251,10 @@ class SegmentationTask(base.Task):
         # Training augmentation: 'swin_unet' (SegTransform: aug above, resize to S x S) or
         # 'mmseg' (mmseg_transforms.MMSegTrainTransform: random keep-ratio resize, crop with
         # cat_max_ratio, flip, photometric distortion, ImageNet mean/std on 0..255, pad with
-        # ignore_index; task.normalize and task.aug do not apply). Eval: SegTransform.
-        # The eval of 'mmseg' is mmseg's test (seg_inference): a keep-ratio resize to
-        # mmseg.test_scale, whole or slide inference on static canvases, scores at the
-        # source label size; 'swin_unet': SegTransform's square resize.
+        # ignore_index; task.normalize and task.aug do not apply). Eval of 'swin_unet':
+        # SegTransform's square resize; of 'mmseg': mmseg's test (seg_inference), a
+        # keep-ratio resize to mmseg.test_scale, whole or slide inference on static
+        # canvases, scores at the source label size.
         pipeline="swin_unet",
         mmseg=ConfigDict(dict(
             scale=(2048, 512),         # Resize img_scale: (long, short) target before the ratio
@@ -327,6 +334,9 @@ class SegmentationTask(base.Task):
 
   def train_transform(self):
     if self._pipeline() == "mmseg":   # reduce_zero_label happens inside, before the resize
+      if self._mmseg_eval():          # a bad test setting fails now, not after training
+        self._mmseg_eval_transform()
+        self.test_cfg()
       return self._mmseg_train_transform()
     return self._with_label_map(self._transform(train=True))
 
@@ -359,17 +369,17 @@ class SegmentationTask(base.Task):
     except ValueError as e:
       raise ValueError(f"task.mmseg: {e}") from e
 
-  def _test_cfg(self) -> dict:
+  def test_cfg(self) -> dict:
     """mmseg's test_cfg from ``task.mmseg``: mode, crop and stride ``(h, w)``, flip."""
     mm = self.config.task.mmseg
     if mm.test_mode not in seg_inference.MODES:
       raise ValueError(f"task.mmseg.test_mode {mm.test_mode!r} is not one of "
                        f"{seg_inference.MODES}")
     crop = int(mm.crop_size) or int(self.config.dataset.image_size)
-    crop = mmseg_transforms._pair(tuple(mm.test_crop) or crop, "task.mmseg.test_crop")
+    crop = mmseg_transforms.size_pair(tuple(mm.test_crop) or crop, "task.mmseg.test_crop")
     # 2/3 of the crop: 341 for 512 (no config of the official repo sets one; mode 'whole').
     stride = tuple(mm.test_stride) or tuple(c * 2 // 3 for c in crop)
-    stride = mmseg_transforms._pair(stride, "task.mmseg.test_stride")
+    stride = mmseg_transforms.size_pair(stride, "task.mmseg.test_stride")
     return dict(mode=mm.test_mode, crop=crop, stride=stride, flip=bool(mm.tta_flip))
 
   def eval_batches(self, process_index: int = 0, process_count: int = 1):
@@ -378,7 +388,7 @@ class SegmentationTask(base.Task):
     otherwise the fixed-shape pipeline. See ``bucketed_eval_batches``."""
     if not self._mmseg_eval():
       return super().eval_batches(process_index, process_count)
-    self._test_cfg()   # fail before reading anything
+    self.test_cfg()   # fail before reading anything
     return bucketed_eval_batches(self.config, self._mmseg_eval_transform(), process_index,
                                  process_count)
 
@@ -454,7 +464,7 @@ class SegmentationTask(base.Task):
 
     return seg_inference.predict(apply_fn, batch["images"], batch["image_sizes"],
                                  batch["label_size"], batch["label"].shape[1:3],
-                                 **self._test_cfg())
+                                 **self.test_cfg())
 
   def eval_step(self, model, params, model_state, batch):
     if self._mmseg_eval():
