@@ -219,6 +219,26 @@ def test_a_layout_in_the_name_sizes_and_counts_the_digits():
     assert np.all((24 <= longer) & (longer <= 40))
 
 
+def test_dark_polarity_puts_light_digits_on_dark_backgrounds_only():
+  name = digit_scenes.dataset_name(32, polarity="dark")
+  assert name == "digit_scenes/32px_dark"
+  assert digit_scenes.parse_dataset_name(name) == {"size": 32, "polarity": "dark"}
+  mixed = digit_scenes.generate_split("test", 40, size=32)
+  dark = digit_scenes.generate_split("test", 40, size=32, polarity="dark")
+
+  def ink_is_lighter(scene):
+    gray = scene["image"].mean(-1)
+    return gray[scene["segmentation"] > 0].mean() > gray[scene["segmentation"] == 0].mean()
+
+  assert all(ink_is_lighter(s) for s in dark)
+  assert 0 < sum(ink_is_lighter(s) for s in mixed) < len(mixed)
+  # Same random stream: the scenes whose background was dark anyway are identical.
+  same = [np.array_equal(a["image"], b["image"]) for a, b in zip(mixed, dark)]
+  assert same == [ink_is_lighter(s) for s in mixed]
+  with pytest.raises(ValueError, match="polarity"):
+    digit_scenes.dataset_name(32, polarity="light")
+
+
 # --- the TFDS build ----------------------------------------------------------------------
 
 def test_build_reads_back_identical_arrays_through_sources(built):

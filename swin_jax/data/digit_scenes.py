@@ -87,13 +87,20 @@ def digit_size_range(size: int) -> tuple[int, int]:
   return min(low, size), min(high, size)
 
 
-def make_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, bool]:
+POLARITIES = ("mixed", "dark")
+
+
+def make_background(rng: np.random.Generator, size: int,
+                    polarity: str = "mixed") -> tuple[np.ndarray, bool]:
   """A float32 ``(size, size, 3)`` texture in 0..255 and whether it is dark.
 
   Two colours mixed by a gradient, stripes or smooth noise. Dark backgrounds get light
-  digits and vice versa, so every digit stays visible.
+  digits and vice versa, so every digit stays visible. ``polarity='dark'`` makes every
+  background dark (MNIST's light-on-dark): whether a patch is ink is then local, where mixed
+  scenes need the surroundings to tell (Swin's normed patch tokens keep little more than
+  a colour's sign, and both plateau at the class prior for ~100+ steps on mixed scenes).
   """
-  dark = bool(rng.random() < 0.5)
+  dark = bool(rng.random() < 0.5) or polarity == "dark"  # drawn either way: same stream
   low, high = (10.0, 110.0) if dark else (145.0, 245.0)
   colours = rng.uniform(low, high, (2, 3)).astype(np.float32)
   kind = rng.integers(3)
@@ -125,14 +132,15 @@ def make_scene(rng: np.random.Generator, digits: np.ndarray, labels: np.ndarray,
                size: int = DEFAULT_SIZE,
                digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE,
                digit_size: tuple[int, int] | None = None,
-               min_visible_fraction: float = MIN_VISIBLE_FRACTION) -> dict[str, np.ndarray]:
+               min_visible_fraction: float = MIN_VISIBLE_FRACTION,
+               polarity: str = "mixed") -> dict[str, np.ndarray]:
   """One scene from the digit pool ``digits`` uint8 ``(M, 28, 28[, 1])``, ``labels`` ``(M,)``.
 
   Returns the module docstring's arrays except ``image_id``. Every random draw happens
   before anything is dropped, so a scene depends only on ``rng``'s state and the pool.
   """
   low, high = digit_size or digit_size_range(size)
-  background, dark = make_background(rng, size)
+  background, dark = make_background(rng, size, polarity)
   count = int(rng.integers(digits_per_scene[0], digits_per_scene[1] + 1))
   picks = rng.choice(len(digits), count, replace=False)
   intensities, boxes, colours = [], [], []
@@ -245,7 +253,8 @@ def generate_split(split: str, num_scenes: int | None = None, *, size: int = DEF
                    seed: int = DEFAULT_SEED,
                    pool: tuple[np.ndarray, np.ndarray] | None = None,
                    digit_size: tuple[int, int] | None = None,
-                   digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE) -> list[dict[str, Any]]:
+                   digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE,
+                   polarity: str = "mixed") -> list[dict[str, Any]]:
   """``num_scenes`` scenes of ``split`` ('train' or 'test') built from that split's digits.
 
   ``pool`` (images, labels) defaults to ``digit_pools()[split]`` (the demo's split);
@@ -258,7 +267,8 @@ def generate_split(split: str, num_scenes: int | None = None, *, size: int = DEF
   scenes = []
   for index in range(num_scenes):
     scene = make_scene(scene_rng(seed, split, index), digits, labels, size=size,
-                       digit_size=digit_size, digits_per_scene=tuple(digits_per_scene))
+                       digit_size=digit_size, digits_per_scene=tuple(digits_per_scene),
+                       polarity=polarity)
     scene["image_id"] = np.int64(index)
     scenes.append(scene)
   return scenes
@@ -303,39 +313,47 @@ def write_coco_json(scenes: Sequence[Mapping[str, Any]], path: str) -> str:
 def dataset_name(size: int = DEFAULT_SIZE, num_train: int = DEFAULT_NUM_SCENES["train"],
                  num_test: int = DEFAULT_NUM_SCENES["test"], seed: int = DEFAULT_SEED, *,
                  digit_size: tuple[int, int] | None = None,
-                 digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE) -> str:
+                 digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE,
+                 polarity: str = "mixed") -> str:
   """The TFDS name, e.g. ``'digit_scenes/128px'``; a non-default layout, counts or seed are
   in it too: ``'digit_scenes/64px_digits24-40_count1-3'`` has digits of 24-40 px (the
-  longer side), 1-3 per scene."""
+  longer side), 1-3 per scene; a ``_dark`` suffix, light digits on dark backgrounds only."""
+  if polarity not in POLARITIES:
+    raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
   config = f"{size}px"
   if digit_size is not None and tuple(digit_size) != digit_size_range(size):
     config += f"_digits{digit_size[0]}-{digit_size[1]}"
   if tuple(digits_per_scene) != DIGITS_PER_SCENE:
     config += f"_count{digits_per_scene[0]}-{digits_per_scene[1]}"
+  if polarity != "mixed":
+    config += f"_{polarity}"
   if (num_train, num_test, seed) != (DEFAULT_NUM_SCENES["train"], DEFAULT_NUM_SCENES["test"],
                                      DEFAULT_SEED):
     config += f"_train{num_train}_test{num_test}_seed{seed}"
   return f"{DATASET}/{config}"
 
 
-_NAME = re.compile(rf"{DATASET}/(\d+)px(?:_digits(\d+)-(\d+))?(?:_count(\d+)-(\d+))?"
+_NAME = re.compile(rf"{DATASET}/(\d+)px(?:_digits(\d+)-(\d+))?(?:_count(\d+)-(\d+))?(_dark)?"
                    r"(?:_train(\d+)_test(\d+)_seed(\d+))?(?::[\d.]+)?")
 
 
 def parse_dataset_name(name: str) -> dict[str, Any]:
   """``dataset_name``'s inverse: ``{'size'}`` plus whichever of ``digit_size``,
-  ``digits_per_scene``, ``num_train``, ``num_test``, ``seed`` the name sets (version ignored)."""
+  ``digits_per_scene``, ``polarity``, ``num_train``, ``num_test``, ``seed`` the name sets
+  (version ignored)."""
   match = _NAME.fullmatch(name)
   if not match:
     raise ValueError(f"not a digit scenes name (e.g. {dataset_name()!r}, "
                      f"{dataset_name(64, digit_size=(24, 40), digits_per_scene=(1, 3))!r}): "
                      f"{name!r}")
-  size, low, high, fewest, most, num_train, num_test, seed = match.groups()
+  size, low, high, fewest, most, dark, num_train, num_test, seed = match.groups()
   options: dict[str, Any] = {"size": int(size)}
   if low is not None:
     options["digit_size"] = (int(low), int(high))
   if fewest is not None:
     options["digits_per_scene"] = (int(fewest), int(most))
+  if dark:
+    options["polarity"] = "dark"
   if num_train is not None:
     options.update(num_train=int(num_train), num_test=int(num_test), seed=int(seed))
   return options
@@ -389,14 +407,15 @@ def ensure_digit_scenes(data_dir: str, *, size: int = DEFAULT_SIZE,
                         num_test: int = DEFAULT_NUM_SCENES["test"],
                         seed: int = DEFAULT_SEED,
                         digit_size: tuple[int, int] | None = None,
-                        digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE) -> str:
+                        digits_per_scene: tuple[int, int] = DIGITS_PER_SCENE,
+                        polarity: str = "mixed") -> str:
   """Builds the scenes under ``data_dir`` unless there already; returns the TFDS name.
 
   ArrayRecord, examples in ``image_id`` order; the test split's COCO JSON is written
   into the same version folder. Safe when processes race, like ``ensure_demo_dataset``:
   each builds in its own temporary folder inside ``data_dir`` and renames it into place.
   """
-  layout = dict(digit_size=digit_size, digits_per_scene=digits_per_scene)
+  layout = dict(digit_size=digit_size, digits_per_scene=digits_per_scene, polarity=polarity)
   name = dataset_name(size, num_train, num_test, seed, **layout)
   if is_prepared(data_dir, name):
     return name
