@@ -38,6 +38,7 @@ from swin_jax.convert import detection
 from swin_jax.convert import head_map
 from swin_jax.convert import keys as keys_lib
 from swin_jax.convert import resize
+from swin_jax.convert import simmim
 from swin_jax.convert import swin_unet
 from swin_jax.convert import upernet
 from swin_jax.convert.state_dict_io import StateDict, read_state_dict
@@ -424,7 +425,9 @@ def load_torch_variables(source: str | os.PathLike | Mapping[str, Any], model: n
   ``backbone.patch_embed.proj.weight`` ... (official mmseg / mmdet checkpoints, weights under
   ``'state_dict'``). Arguments as ``load_torch_checkpoint``. An ``UperNet`` also gets its
   BatchNorm statistics, ``{'params': ..., 'batch_stats': ...}`` (see ``convert.upernet``);
-  a ``MaskRCNN`` / ``FasterRCNN`` reads mmdet's keys (see ``convert.detection``).
+  a ``MaskRCNN`` / ``FasterRCNN`` reads mmdet's keys (see ``convert.detection``); a
+  ``SimMIM`` reads the official ``encoder.*`` / ``decoder.0.*`` keys by the generic rules
+  (see ``convert.simmim``, also for the fine-tune path to a classifier).
   """
   if upernet.is_upernet(model):
     return upernet.load_upernet_variables(source, model, strict, fallback_params, label_space)
@@ -470,6 +473,11 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
   """
   if layout not in ("official", "timm"):
     raise ValueError(f"layout must be 'official' or 'timm', got {layout!r}")
+  if simmim.is_simmim(model):
+    # ``params`` may be the variables {'params'}; the official SimMIM keys, one layout.
+    if layout != "official":
+      raise ValueError("SimMIM checkpoints have one layout; use layout='official'")
+    return simmim.export_simmim_state_dict(params, model, include_buffers, to_torch)
   if upernet.is_upernet(model):
     # ``params`` may be the variables {'params', 'batch_stats'} (BN statistics exported too).
     if layout != "official":

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from swin_jax.models.detection.rcnn import FasterRCNN, MaskRCNN
+from swin_jax.models.simmim import SimMIM
 from swin_jax.models.swin import SwinTransformer
 from swin_jax.models.swin_unet import SwinUnet
 from swin_jax.models.upernet import UperNet
@@ -121,8 +122,30 @@ FASTER_RCNN_CONFIGS: dict[str, dict[str, Any]] = {
     for name, config in MASK_RCNN_CONFIGS.items()}
 MODEL_CONFIGS.update(MASK_RCNN_CONFIGS)
 MODEL_CONFIGS.update(FASTER_RCNN_CONFIGS)
+
+# SimMIM pretraining (microsoft/SimMIM configs/swin_base__100ep, and Swin-Transformer
+# configs/simmim for V2): 192 px, encoder with a mask token and no head, stride-32 decoder.
+# Drop path: 0 for Swin-B (the 100 and 800 ep recipes), 0.1 for SwinV2-B/W12; Swin-T (not
+# an official recipe, for small experiments) follows Swin-B's 0. The V2 recipe's target is
+# normalised over 47 x 47 pixel neighbourhoods (MODEL.SIMMIM.NORM_TARGET).
+_SIMMIM_ENCODER = dict(img_size=192, use_mask_token=True)
+SIMMIM_CONFIGS: dict[str, dict[str, Any]] = {
+    "simmim_swin_tiny_window6_192": dict(**_TINY, **_SIMMIM_ENCODER, window_size=6,
+                                         drop_path_rate=0.0),
+    "simmim_swin_base_window6_192": dict(**_BASE, **_SIMMIM_ENCODER, window_size=6,
+                                         drop_path_rate=0.0),
+    "simmim_swin_large_window12_192": dict(**_LARGE, **_SIMMIM_ENCODER, window_size=12,
+                                           drop_path_rate=0.0),
+    "simmim_swinv2_base_window12_192": dict(**_BASE, **_V2, **_SIMMIM_ENCODER,
+                                            window_size=12, drop_path_rate=0.1,
+                                            norm_target_patch_size=47),
+}
+MODEL_CONFIGS.update(SIMMIM_CONFIGS)
+
 # Task models: a Swin backbone field plus head fields, one flat override namespace.
-_TASK_MODELS = (UperNet, MaskRCNN, FasterRCNN)
+_TASK_MODELS = (UperNet, MaskRCNN, FasterRCNN, SimMIM)
+# The dataclass field that holds the Swin (SimMIM's official name is ``encoder``).
+_BACKBONE_FIELD = {SimMIM: "encoder"}
 
 ALIASES = {
     "swin_t": "swin_tiny_patch4_window7_224",
@@ -158,12 +181,14 @@ def model_class(name: str) -> type:
     return MaskRCNN
   if name in FASTER_RCNN_CONFIGS:
     return FasterRCNN
+  if name in SIMMIM_CONFIGS:
+    return SimMIM
   return SwinTransformer
 
 
 def model_classes() -> list[type]:
   """Every model class in the registry (their fields are the possible overrides)."""
-  return [SwinTransformer, SwinUnet, UperNet, MaskRCNN, FasterRCNN]
+  return [SwinTransformer, SwinUnet, UperNet, MaskRCNN, FasterRCNN, SimMIM]
 
 
 def constructor_fields(cls: type) -> dict[str, Any]:
@@ -203,7 +228,7 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
   """A Flax Linen ``SwinTransformer`` (or ``SwinUnet``, ``UperNet``, ``MaskRCNN``,
-  ``FasterRCNN``) for ``name`` (see ``list_models()``).
+  ``FasterRCNN``, ``SimMIM``) for ``name`` (see ``list_models()``).
 
   Overrides are any constructor field, e.g. ``num_classes=21841``, ``img_size=384``,
   ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``,
@@ -226,10 +251,11 @@ def create_model_from_json(name: str, overrides: dict[str, Any]) -> nn.Module:
                                for k, v in overrides.items()})
 
 def _task_model(cls: type, config: dict[str, Any]) -> nn.Module:
-  """A flat task-model config -> ``cls(backbone=SwinTransformer(...), heads...)``."""
+  """A flat task-model config -> ``cls(backbone=SwinTransformer(...), heads...)`` (SimMIM:
+  ``encoder=``)."""
   head_fields = set(constructor_fields(cls))
   head = {k: v for k, v in config.items() if k in head_fields}
   swin = {k: v for k, v in config.items() if k not in head_fields or k == "dtype"}
   # The backbone only gives features: no classifier (nor its final norm) is built.
   backbone = SwinTransformer(**swin, num_classes=0)
-  return cls(backbone=backbone, **head)
+  return cls(**{_BACKBONE_FIELD.get(cls, "backbone"): backbone}, **head)

@@ -299,6 +299,9 @@ class SwinTransformer(nn.Module):
   # "explicit" (einsums, probabilities sown for visualisation) or "dot_product"
   # (jax.nn.dot_product_attention: cuDNN's fused kernel on GPU); same numbers.
   attention_impl: str = "explicit"
+  # SimMIM: a learnt ``mask_token`` (1, 1, C) that ``embed(..., mask=)`` puts in place of
+  # the masked patch embeddings (``swin_jax.models.simmim``).
+  use_mask_token: bool = False
 
   @property
   def patch_grid(self) -> Pair:
@@ -352,6 +355,10 @@ class SwinTransformer(nn.Module):
       gh, gw = self.patch_grid
       self.absolute_pos_embed = self.param("absolute_pos_embed", layers.trunc_normal_init,
                                            (1, gh * gw, self.embed_dim), jnp.float32)
+    if self.use_mask_token:
+      # The official SwinTransformerForSimMIM: zeros then trunc_normal(std .02).
+      self.mask_token = self.param("mask_token", layers.trunc_normal_init,
+                                   (1, 1, self.embed_dim), jnp.float32)
     self.pos_drop = nn.Dropout(self.drop_rate)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     starts = np.cumsum([0, *self.depths])
@@ -380,9 +387,22 @@ class SwinTransformer(nn.Module):
   def num_features(self) -> int:
     return self.embed_dim * 2**(len(self.depths) - 1)
 
-  def embed(self, images: jnp.ndarray, train: bool) -> jnp.ndarray:
-    """``(B, H, W, in_chans) -> (B, H/p, W/p, C)`` tokens, position-embedded."""
+  def embed(self, images: jnp.ndarray, train: bool,
+            mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """``(B, H, W, in_chans) -> (B, H/p, W/p, C)`` tokens, position-embedded.
+
+    ``mask (B, H/p, W/p)`` (1 = masked; needs ``use_mask_token``): masked tokens become the
+    mask token, after the patch LayerNorm and before the position embedding (SimMIM).
+    """
     x = self.patch_embed(images)
+    if mask is not None:
+      if not self.use_mask_token:
+        raise ValueError("a mask needs a model built with use_mask_token=True (SimMIM)")
+      if tuple(mask.shape) != tuple(x.shape[:3]):
+        raise ValueError(f"mask shape {tuple(mask.shape)} must be the patch grid "
+                         f"{tuple(x.shape[:3])} (B, H/{self.patch_size}, W/{self.patch_size})")
+      w = mask[..., None].astype(x.dtype)
+      x = x * (1.0 - w) + self.mask_token.reshape(1, 1, 1, -1).astype(x.dtype) * w
     if self.ape:
       b, h, w, c = x.shape
       if (h, w) != self.patch_grid:
@@ -407,15 +427,21 @@ class SwinTransformer(nn.Module):
       outputs.append(feature)
     return outputs
 
-  def pooled_features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    """Final LayerNorm, then mean over tokens: ``(B, H, W, 3) -> (B, 8C)``."""
-    x = self.embed(images, train)
+  def encode(self, images: jnp.ndarray, train: bool = False,
+             mask: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Embed (optionally masked, see ``embed``), all stages, final LayerNorm:
+    ``(B, H, W, 3) -> (B, H/32, W/32, 8C)`` (SimMIM's encoder output)."""
+    x = self.embed(images, train, mask)
     for i, stage in enumerate(self.layers):
       feature, x = stage(x, train)
       if self.feature_norm:
         # Unused here (XLA drops it), but makes model.init create norm0..norm3 as well.
         getattr(self, f"norm{i}")(feature)
-    return self.norm(x).mean(axis=(1, 2))
+    return self.norm(x)
+
+  def pooled_features(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    """Final LayerNorm, then mean over tokens: ``(B, H, W, 3) -> (B, 8C)``."""
+    return self.encode(images, train).mean(axis=(1, 2))
 
   def __call__(self, images: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     x = self.pooled_features(images, train)
