@@ -98,8 +98,8 @@ def test_warmup_longer_than_the_run_is_shortened_to_half_of_it():
 
 
 def test_schedule_errors_name_the_problem():
-  with pytest.raises(ValueError, match="'step'"):
-    opt_lib.learning_rate_schedule(make_config(schedule="step").optimizer, 512, 20, 10)
+  with pytest.raises(ValueError, match="'exponential'"):
+    opt_lib.learning_rate_schedule(make_config(schedule="exponential").optimizer, 512, 20, 10)
 
 
 # ---------------------------------------------------------------------------------------
@@ -476,3 +476,54 @@ def test_mmcv_poly_decays_to_min_lr_and_timm_mode_is_unchanged():
   assert timm(60) == pytest.approx(0.01 * 0.5 ** 0.9)
   with pytest.raises(ValueError, match="optimizer.warmup_mode 'linear' is not one of"):
     opt_lib.learning_rate_schedule(make_config(warmup_mode="linear").optimizer, 512, 20, 10)
+
+
+def mmcv_step_with_linear_warmup(t: int, base_lr: float, iters_per_epoch: int,
+                                 step_epochs, warmup_iters: int, warmup_ratio: float,
+                                 gamma: float = 0.1) -> float:
+  """mmcv 1.x ``StepLrUpdaterHook(step=..., by_epoch=True, warmup='linear')`` before iteration
+  ``t``: the epoch's lr is ``base * gamma ** (milestones passed)`` (``runner.epoch``, set at
+  the epoch's start); during warmup (by iteration) ``get_warmup_lr`` scales *that* value."""
+  epoch = t // iters_per_epoch
+  exp = len(step_epochs)
+  for i, s in enumerate(step_epochs):
+    if epoch < s:
+      exp = i
+      break
+  regular = base_lr * gamma ** exp
+  if t >= warmup_iters:
+    return regular
+  return regular * (1 - (1 - t / warmup_iters) * (1 - warmup_ratio))
+
+
+@pytest.mark.parametrize("recipe,steps", [("1x", (8, 11)), ("3x", (27, 33))])
+def test_step_schedule_is_mmcvs_for_the_detection_recipes(recipe, steps):
+  """The Mask R-CNN Swin-T recipes: lr 1e-4 at batch 16, x0.1 at the epoch milestones, 500
+  warmup iterations at ratio 0.001 scaling the step value."""
+  from configs.detection import common  # pylint: disable=import-outside-toplevel
+  config = common.mask_rcnn_coco("mask_rcnn_swin_tiny_patch4_window7_fpn", recipe)
+  per_epoch = 7392
+  epochs = int(config.num_epochs)
+  total = epochs * per_epoch
+  tx, schedule = opt_lib.make_optimizer(config, total, per_epoch)
+  del tx
+  a, b = steps
+  probes = [0, 1, 250, 499, 500, 501, a * per_epoch - 1, a * per_epoch, a * per_epoch + 1,
+            b * per_epoch - 1, b * per_epoch, total - 1]
+  for t in probes:
+    expected = mmcv_step_with_linear_warmup(t, 1e-4, per_epoch, steps, 500, 0.001)
+    assert schedule(t) == pytest.approx(expected, rel=1e-12), t
+  assert schedule(0) == pytest.approx(1e-7)
+  assert schedule(500) == schedule(a * per_epoch - 1) == pytest.approx(1e-4)
+  assert schedule(a * per_epoch) == pytest.approx(1e-5)
+  assert schedule(b * per_epoch) == pytest.approx(1e-6)
+  np.testing.assert_allclose(jax.jit(jax.vmap(schedule))(jnp.asarray(probes)),
+                             [schedule(t) for t in probes], rtol=1e-5)
+
+
+def test_step_schedule_in_timm_mode_counts_from_the_end_of_warmup():
+  config = make_config(schedule="step", step_epochs=(2.0,), step_gamma=0.5, base_lr=0.01,
+                       reference_batch_size=512, warmup_lr=0.0, warmup_steps=4)
+  schedule = opt_lib.learning_rate_schedule(config.optimizer, 512, 40, 10)
+  assert [schedule(t) for t in (0, 2, 4, 23, 24, 39)] == pytest.approx(
+      [0.0, 0.005, 0.01, 0.01, 0.005, 0.005])

@@ -319,3 +319,135 @@ def test_upernet_recipe_decays_exactly_the_mmseg_rule(path):
   assert "backbone.layers.0.blocks.0.attn.qkv.bias" in decayed
   if os.path.basename(path) == "swin_t_ade20k_160k.py":
     assert len(official) - len(expected) == SWIN_T_NO_DECAY
+
+
+# ---------------------------------------------------------------------------------------
+# SimMIM pretraining (microsoft/SimMIM optimizer.py ``build_pretrain_optimizer``).
+
+
+def simmim_official_decays(name: str, shape: tuple[int, ...]) -> bool:
+  """SimMIM's ``set_weight_decay``: 1-D, biases, ``encoder.absolute_pos_embed`` and
+  ``encoder.mask_token`` (the encoder's ``no_weight_decay()``, prefixed), and names with
+  ``encoder.relative_position_bias_table`` (its keywords) skip decay."""
+  skip_list = {"encoder.absolute_pos_embed", "encoder.mask_token"}
+  no_decay = (len(shape) == 1 or name.endswith(".bias") or name in skip_list
+              or "relative_position_bias_table" in name)
+  return not no_decay
+
+
+def test_simmim_rule_skips_the_mask_token_in_the_scanned_layout():
+  import swin_jax  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  config.optimizer.weight_decay = 0.05
+  tiny = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4,
+              img_size=64, ape=True)
+  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+
+  def shapes(scan_blocks):
+    model = swin_jax.create_model("simmim_swin_tiny_window6_192", **tiny,
+                                  scan_blocks=scan_blocks)
+    return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), images)["params"]
+
+  official = {path_to_torch_key(p): s.shape
+              for p, s in flax.traverse_util.flatten_dict(shapes(False)).items()}
+  # The mask token is (1, 1, C): only its name keeps it from decay, as in the official code.
+  assert official["encoder.mask_token"] == (1, 1, 16)
+  expected = {n for n, shape in official.items() if simmim_official_decays(n, shape)}
+  scanned = shapes(True)
+  assert "block_pairs" in scanned["encoder"]["layers_0"]
+  decayed = decayed_by_one_update(config, ones_like_abstract(scanned))
+  assert decayed == expected, (f"wrongly decayed: {sorted(decayed - expected)}; "
+                               f"wrongly not decayed: {sorted(expected - decayed)}")
+  assert opt_lib.decayed_official_names(scanned, config.optimizer) == expected
+  assert "decoder.0.weight" in decayed and "decoder.0.bias" not in decayed
+  assert not {"encoder.mask_token", "encoder.absolute_pos_embed"} & decayed
+
+
+# ---------------------------------------------------------------------------------------
+# The detection recipes (configs/detection/*.py): the mmdet fork's rule on the official
+# Mask R-CNN state dict.
+
+DETECTION_CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(REPO, "configs", "detection", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "common.py"))
+TIMM_BACKBONES = {"tiny": "swin_tiny_patch4_window7_224", "small": "swin_small_patch4_window7_224",
+                  "base": "swin_base_patch4_window7_224"}
+
+
+def official_detector_shapes(config) -> dict[str, tuple[int, ...]]:
+  """``{official state-dict name: shape}`` of the recipe's Mask R-CNN, built in PyTorch (meta
+  tensors): the backbone from timm's Swin (official names; the classifier's ``norm``/``head``
+  replaced by ``norm0..3``), the neck and heads from mmdet 3.3.0's ``FPN``, ``RPNHead``,
+  ``Shared2FCBBoxHead`` and ``FCNMaskHead`` (the official fork's module names)."""
+  import torch
+  import timm
+  import mm_stubs  # noqa: F401  (mmcv.ops stubbed; none of these modules calls it)
+  from mmdet.models.dense_heads import RPNHead
+  from mmdet.models.necks import FPN
+  from mmdet.models.roi_heads.bbox_heads import Shared2FCBBoxHead
+  from mmdet.models.roi_heads.mask_heads import FCNMaskHead
+  from torch_oracle import timm_to_official
+  model = tasks.get_task(config).build_model()   # swin_jax's detector: only its sizes
+  swin = model.backbone
+  kwargs = dict(patch_size=swin.patch_size, embed_dim=swin.embed_dim, depths=tuple(swin.depths),
+                num_heads=tuple(swin.num_heads), window_size=swin.window_size)
+  size = next(s for s in TIMM_BACKBONES if s in config.model.name)
+  widths = [swin.embed_dim * 2 ** i for i in range(len(swin.depths))]
+  neck = model.neck_channels
+  with torch.device("meta"):
+    backbone = timm.create_model(TIMM_BACKBONES[size], pretrained=False, num_classes=0,
+                                 img_size=swin.patch_size * 8 * swin.window_size, **kwargs)
+    heads = {
+        "neck.": FPN(in_channels=widths, out_channels=neck, num_outs=5),
+        "rpn_head.": RPNHead(in_channels=neck, feat_channels=model.rpn_channels,
+                             anchor_generator=dict(type="AnchorGenerator", scales=[8],
+                                                   ratios=[0.5, 1.0, 2.0],
+                                                   strides=[4, 8, 16, 32, 64])),
+        "roi_head.bbox_head.": Shared2FCBBoxHead(in_channels=neck,
+                                                 fc_out_channels=model.fc_channels,
+                                                 roi_feat_size=7,
+                                                 num_classes=model.num_classes),
+    }
+    if model.with_mask:
+      heads["roi_head.mask_head."] = FCNMaskHead(num_convs=4, in_channels=neck,
+                                                 conv_out_channels=model.mask_channels,
+                                                 num_classes=model.num_classes)
+    official = timm_to_official({k: tuple(p.shape) for k, p in backbone.named_parameters()})
+  shapes = {f"backbone.{k}": s for k, s in official.items()
+            if not k.startswith(("norm.", "head."))}
+  for i, width in enumerate(widths):
+    shapes.update({f"backbone.norm{i}.weight": (width,), f"backbone.norm{i}.bias": (width,)})
+  for prefix, head in heads.items():
+    shapes.update({prefix + k: tuple(p.shape) for k, p in head.named_parameters()})
+  return shapes
+
+
+def test_detection_recipes_are_found():
+  assert {"mask_rcnn_swin_t_1x_coco.py", "mask_rcnn_swin_t_3x_coco.py", "demo.py"} <= {
+      os.path.basename(p) for p in DETECTION_CONFIGS}
+
+
+@pytest.mark.parametrize("path", DETECTION_CONFIGS, ids=os.path.basename)
+def test_detection_recipe_decays_exactly_the_mmdet_rule(path):
+  config = load_config(path)
+  config_lib.validate_config(config)
+  abstract = abstract_params(config)
+  official = official_detector_shapes(config)
+  ours = by_official_name(abstract, lambda *_: None)
+  assert set(ours) == set(official), sorted(set(ours) ^ set(official))
+  expected = {n for n in official if mmseg_rule_decays(n)}
+  decayed = decayed_by_one_update(config, ones_like_abstract(abstract))
+  assert decayed == expected, (f"wrongly decayed: {sorted(decayed - expected)}; "
+                               f"wrongly not decayed: {sorted(expected - decayed)}")
+  assert opt_lib.decayed_official_names(abstract, config.optimizer) == expected
+  # Biases are decayed, in the backbone and in every head; norms and bias tables are not.
+  for name in ("backbone.layers.0.blocks.0.attn.qkv.bias", "backbone.patch_embed.proj.bias",
+               "neck.lateral_convs.0.conv.bias", "rpn_head.rpn_cls.bias",
+               "roi_head.bbox_head.fc_cls.bias", "roi_head.mask_head.conv_logits.bias"):
+    assert name in decayed, name
+  for name in ("backbone.norm3.weight", "backbone.layers.2.downsample.norm.bias",
+               "backbone.layers.1.blocks.1.attn.relative_position_bias_table"):
+    assert name not in decayed, name
+  if "swin_t" in os.path.basename(path):
+    # The 76 of UperNet Swin-T: the detection heads hold no norm.
+    assert len(official) - len(expected) == SWIN_T_NO_DECAY

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import data_fakes
-from swin_jax.data import demo_dataset, digit_scenes, sources
+from swin_jax.data import coco, demo_dataset, digit_scenes, sources
 from swin_jax import tasks
 from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
@@ -46,6 +46,11 @@ def shrink_to_tiny(config):
                                      num_heads=(1,) * stages, drop_path_rate=0.1))
   if "aux_channels" in fields:
     config.model.overrides.update(dict(channels=16, aux_channels=8))
+  if config.task.name == "detection":   # narrow heads on a 64 px canvas
+    config.model.overrides.update(dict(neck_channels=16, rpn_channels=16, fc_channels=32,
+                                       mask_channels=16))
+    config.task.update(dict(canvas=(64, 64), train_scales=((64, 48),), test_scale=(64, 48),
+                            crop_scales=((64, 32),), crop_size=(24, 40)))
   return config
 
 
@@ -56,6 +61,11 @@ def tiny_program_group(path) -> str:
   config = shrink_to_tiny(load_config(path))
   fields = registry.model_config(config.model.name, **config.model.overrides)
   fields.pop("drop_path_rate", None)
+  if config.task.name == "detection":
+    # One group for the detectors, by choice: a tiny Mask R-CNN's two steps cost about two
+    # minutes of compiling on 2 cores, and the COCO recipes' task is the demo's (trained
+    # here and in test_detection_task); their COCO reading is tested on TFDS mock data there.
+    return "detection"
   return repr((config.task.name, config.dataset.num_classes, config.dataset.image_size,
                sorted(fields.items())))
 
@@ -105,6 +115,7 @@ def data_dir(tmp_path_factory):
   data_fakes.build_fake_imagenet22k(path, num_classes=3, train_per_class=4)
   data_fakes.build_fake_synapse(path, train_slices=8, size=32)
   data_fakes.build_fake_scene_parse150(path, num_examples=8, eval_examples=4)
+  coco.build_fake_coco(path, num_train=16, num_val=8)   # + its annotation JSONs
   return path
 
 
@@ -151,6 +162,10 @@ def test_every_shipped_config_trains_two_steps_and_evaluates(path, data_dir, tmp
     classifier = params["output"] if "output" in params else params["decode_head"]["conv_seg"]
     assert classifier["kernel"].shape[-1] == config.dataset.num_classes
     assert 0.0 <= result.metrics["eval/mean_dice"] <= 1.0
+  elif config.task.name == "detection":
+    fc_cls = result.state.params["roi_head"]["bbox_head"]["fc_cls"]
+    assert fc_cls["bias"].shape[0] == config.dataset.num_classes + 1   # + background
+    assert 0.0 <= result.metrics["eval/box_ap"] <= 1.0
   else:
     assert result.state.params["head"]["bias"].shape[0] == config.dataset.num_classes
     assert 0.0 <= result.metrics["eval/top1"] <= 1.0
