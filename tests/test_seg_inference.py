@@ -41,6 +41,7 @@ def mmseg_model():
   import mm_stubs  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from mmengine.config import ConfigDict  # pylint: disable=import-outside-toplevel
   from mmengine.model import BaseModule  # pylint: disable=import-outside-toplevel
+  from mmengine.registry import DefaultScope  # pylint: disable=import-outside-toplevel
   from mmseg.models.segmentors import EncoderDecoder  # pylint: disable=import-outside-toplevel
   from mmseg.registry import MODELS  # pylint: disable=import-outside-toplevel
 
@@ -50,12 +51,14 @@ def mmseg_model():
       return [torch.nn.functional.avg_pool2d(x, 4) + x.mean((2, 3), keepdim=True)]
 
   torch.manual_seed(0)
-  model = EncoderDecoder(
-      backbone=dict(type="SegInferencePoolContext"),
-      decode_head=dict(type="FCNHead", in_channels=3, channels=3, num_convs=0,
-                       concat_input=False, num_classes=K, dropout_ratio=0.0, norm_cfg=None,
-                       align_corners=False),
-      test_cfg=ConfigDict(mode="whole"))
+  # mmseg's scope whatever an earlier test (mmdet's detectors) left as the default.
+  with DefaultScope.overwrite_default_scope("mmseg"):
+    model = EncoderDecoder(
+        backbone=dict(type="SegInferencePoolContext"),
+        decode_head=dict(type="FCNHead", in_channels=3, channels=3, num_convs=0,
+                         concat_input=False, num_classes=K, dropout_ratio=0.0, norm_cfg=None,
+                         align_corners=False),
+        test_cfg=ConfigDict(mode="whole"))
   model.eval()
   conv = model.decode_head.conv_seg
   return model, conv.weight.detach().numpy()[:, :, 0, 0], conv.bias.detach().numpy()

@@ -46,8 +46,7 @@ import flax
 import numpy as np
 
 from swin_jax.convert import keys as keys_lib
-from swin_jax.models import scan_layout
-from swin_jax.models.backbone import the_backbone
+from swin_jax.convert.state_dict_io import finish_export
 from swin_jax.models.detection.rcnn import MaskRCNN
 
 Path = keys_lib.Path
@@ -140,29 +139,10 @@ def export_detector_state_dict(variables: Mapping[str, Any], model: MaskRCNN,
   """
   # pylint: disable=import-outside-toplevel
   from swin_jax.convert import torch_checkpoint
-  params = variables["params"] if "params" in variables else variables
-  path, swin = the_backbone(model)
-  if swin.scan_blocks and scan_layout.is_scanned(scan_layout.get_subtree(params, path)):
-    params = scan_layout.unstack_blocks_at(params, path, swin.depths)
-  flat = flax.traverse_util.flatten_dict(dict(params))
-  expected = torch_checkpoint.abstract_params(torch_checkpoint.per_block_twin(model))
-  wrong = sorted(set(flat) ^ set(expected))
-  wrong += sorted(p for p in flat if p in expected and flat[p].shape != expected[p].shape)
-  if wrong:
-    raise torch_checkpoint.CheckpointMismatchError(
-        "params do not belong to this model; differing paths: " +
-        ", ".join("/".join(p) for p in wrong[:20]) + (" ..." if len(wrong) > 20 else ""))
-  sd = {keys_lib.path_to_torch_key(p): keys_lib.flax_to_torch_array(p, np.asarray(v))
-        for p, v in flat.items()}
+  sd, path, swin = torch_checkpoint.official_flat_params(variables, model, "this model")
   sd = swap_deconv_axes(sd)
   if include_buffers:
     # pylint: disable-next=protected-access
     buffers = torch_checkpoint._buffers(swin)  # dense mode: the index only, no masks
     sd.update({f"{keys_lib.module_key(path)}.{k}": v for k, v in buffers.items()})
-  if to_torch:
-    import torch
-    # Copies: the tensors must not share (read-only) memory with the params.
-    sd = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in sd.items()}
-  else:
-    sd = {k: np.ascontiguousarray(v) for k, v in sd.items()}
-  return sd
+  return finish_export(sd, to_torch)

@@ -28,14 +28,11 @@ import logging
 import os
 from typing import Any, Mapping
 
-import flax
 import numpy as np
 from scipy import interpolate
 
 from swin_jax.convert import keys as keys_lib
-from swin_jax.convert.state_dict_io import StateDict, read_state_dict
-from swin_jax.models import scan_layout
-from swin_jax.models.backbone import the_backbone
+from swin_jax.convert.state_dict_io import StateDict, finish_export, read_state_dict
 from swin_jax.models.simmim import SimMIM
 
 ENCODER_PREFIX = "encoder."
@@ -118,30 +115,13 @@ def export_simmim_state_dict(variables: Mapping[str, Any], model: SimMIM,
   """
   # pylint: disable=import-outside-toplevel
   from swin_jax.convert import torch_checkpoint
-  params = variables["params"] if "params" in variables else variables
-  path, swin = the_backbone(model)
-  if swin.scan_blocks and scan_layout.is_scanned(scan_layout.get_subtree(params, path)):
-    params = scan_layout.unstack_blocks_at(params, path, swin.depths)
-  flat = flax.traverse_util.flatten_dict(dict(params))
-  expected = torch_checkpoint.abstract_params(torch_checkpoint.per_block_twin(model))
-  wrong = sorted(set(flat) ^ set(expected))
-  wrong += sorted(p for p in flat if p in expected and flat[p].shape != expected[p].shape)
-  if wrong:
-    raise torch_checkpoint.CheckpointMismatchError(
-        "params do not belong to this SimMIM model; differing paths: " +
-        ", ".join("/".join(p) for p in wrong[:20]) + (" ..." if len(wrong) > 20 else ""))
-  sd = {keys_lib.path_to_torch_key(p): keys_lib.flax_to_torch_array(p, np.asarray(v))
-        for p, v in flat.items()}
+  sd, path, swin = torch_checkpoint.official_flat_params(variables, model, "this SimMIM model")
   if include_buffers:
     prefix = keys_lib.module_key(path) + "."
     # pylint: disable-next=protected-access
     buffers = torch_checkpoint._buffers(swin.clone(scan_blocks=False))
     sd.update({prefix + k: v for k, v in buffers.items()})
-  if to_torch:
-    import torch  # pylint: disable=import-outside-toplevel
-    # Copies: the tensors must not share (read-only) memory with the params.
-    sd = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in sd.items()}
-  return sd
+  return finish_export(sd, to_torch)
 
 
 # ----------------------------------------------------------------------------------------

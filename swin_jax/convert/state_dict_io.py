@@ -78,3 +78,12 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> StateDict:
       array = array.astype(np.float32)
     out[key.removeprefix("module.")] = array
   return out
+
+
+def finish_export(state_dict: Mapping[str, Any], to_torch: bool = False) -> dict[str, Any]:
+  """An exported state dict as C-contiguous numpy arrays, or (``to_torch``) as
+  ``torch.Tensor`` copies: tensors must not share the params' read-only memory."""
+  if not to_torch:
+    return {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+  import torch  # pylint: disable=import-outside-toplevel
+  return {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in state_dict.items()}

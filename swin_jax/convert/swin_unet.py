@@ -26,6 +26,7 @@ import numpy as np
 
 from swin_jax.convert import keys as keys_lib
 from swin_jax.convert import resize
+from swin_jax.convert.state_dict_io import finish_export
 from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
 from swin_jax.models.swin_unet import SwinUnet
@@ -189,10 +190,7 @@ def export_swin_unet_state_dict(params: Mapping[str, Any], model: SwinUnet,
   if include_buffers:
     sd.update(buffers(model))
   sd = {prefix + key: value for key, value in sd.items()}
-  if to_torch:
-    import torch  # pylint: disable=import-outside-toplevel
-    sd = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in sd.items()}
-  return sd
+  return finish_export(sd, to_torch)
 
 
 def mirror_encoder(sd: Mapping[str, np.ndarray]) -> StateDict:

@@ -41,10 +41,10 @@ from swin_jax.convert import resize
 from swin_jax.convert import simmim
 from swin_jax.convert import swin_unet
 from swin_jax.convert import upernet
-from swin_jax.convert.state_dict_io import StateDict, read_state_dict
+from swin_jax.convert.state_dict_io import StateDict, finish_export, read_state_dict
 from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
-from swin_jax.models.backbone import find_backbones
+from swin_jax.models.backbone import find_backbones, the_backbone
 from swin_jax.models.swin import SwinTransformer
 
 Path = keys_lib.Path
@@ -457,6 +457,28 @@ def _buffers(model: SwinTransformer) -> StateDict:
   return out
 
 
+def official_flat_params(variables: Mapping[str, Any], model: nn.Module, what: str
+                         ) -> tuple[StateDict, Path, SwinTransformer]:
+  """A task model's params (or ``{'params': ...}``) as numpy arrays by official key, a
+  scanned backbone unstacked, every path and shape checked against ``model``; with the
+  backbone's path and module. Raises ``CheckpointMismatchError`` naming ``what``."""
+  params = variables["params"] if "params" in variables else variables
+  path, swin = the_backbone(model)
+  if swin.scan_blocks and scan_layout.is_scanned(scan_layout.get_subtree(params, path)):
+    params = scan_layout.unstack_blocks_at(params, path, swin.depths)
+  flat = flax.traverse_util.flatten_dict(dict(params))
+  expected = abstract_params(per_block_twin(model))
+  wrong = sorted(set(flat) ^ set(expected))
+  wrong += sorted(p for p in flat if p in expected and flat[p].shape != expected[p].shape)
+  if wrong:
+    raise CheckpointMismatchError(
+        f"params do not belong to {what}; differing paths: " +
+        ", ".join("/".join(p) for p in wrong[:20]) + (" ..." if len(wrong) > 20 else ""))
+  sd = {keys_lib.path_to_torch_key(p): keys_lib.flax_to_torch_array(p, np.asarray(v))
+        for p, v in flat.items()}
+  return sd, path, swin
+
+
 def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
                             layout: str = "official", include_buffers: bool = False,
                             to_torch: bool = False) -> dict[str, Any]:
@@ -521,8 +543,4 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
     sd.update(_buffers(model))
   if layout == "timm":
     sd = {keys_lib.official_to_timm_key(k): v for k, v in sd.items()}
-  if to_torch:
-    import torch  # pylint: disable=import-outside-toplevel
-    # Copies: the tensors must not share (read-only) memory with the params.
-    sd = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in sd.items()}
-  return sd
+  return finish_export(sd, to_torch)

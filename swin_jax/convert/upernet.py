@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from swin_jax.convert import keys as keys_lib
-from swin_jax.convert.state_dict_io import StateDict, read_state_dict
+from swin_jax.convert.state_dict_io import StateDict, finish_export, read_state_dict
 from swin_jax.models import scan_layout
 from swin_jax.models import window as window_ops
 from swin_jax.models.backbone import the_backbone
@@ -176,8 +176,4 @@ def export_upernet_state_dict(variables: Mapping[str, Any], model: UperNet,
     sd.update({f"{keys_lib.module_key(m)}.{BN_COUNTER}": np.array(0, np.int64)
                for m in modules})
   sd = {to_official_key(k): v for k, v in sd.items()}
-  if to_torch:
-    import torch
-    # Copies: the tensors must not share (read-only) memory with the params.
-    sd = {k: torch.from_numpy(np.array(v, copy=True, order="C")) for k, v in sd.items()}
-  return sd
+  return finish_export(sd, to_torch)
