@@ -298,15 +298,11 @@ def test_upernet_recipes_are_found():
           "demo.py"} <= {os.path.basename(p) for p in UPERNET_CONFIGS}
 
 
-@pytest.mark.parametrize("path", UPERNET_CONFIGS, ids=os.path.basename)
-def test_upernet_recipe_decays_exactly_the_mmseg_rule(path):
-  from swin_jax.convert import upernet as upernet_convert
-  config = load_config(path)
-  config_lib.validate_config(config)
+def assert_one_update_decays_the_name_rule(config, official: dict) -> tuple[set, set]:
+  """Asserts that the recipe's model has exactly the ``official`` names and that one AdamW
+  update (and ``decayed_official_names``) decays exactly those the OpenMMLab forks' name rule
+  decays; returns ``(decayed, expected)``."""
   abstract = abstract_params(config)
-  official = official_upernet_shapes(config)
-  # mmseg's PPM branch psp_modules.i.1.conv is psp_modules.i.conv here (no pooling module).
-  official = {upernet_convert.to_model_key(k): s for k, s in official.items()}
   ours = by_official_name(abstract, lambda *_: None)
   assert set(ours) == set(official), sorted(set(ours) ^ set(official))
   expected = {n for n in official if mmseg_rule_decays(n)}
@@ -314,6 +310,18 @@ def test_upernet_recipe_decays_exactly_the_mmseg_rule(path):
   assert decayed == expected, (f"wrongly decayed: {sorted(decayed - expected)}; "
                                f"wrongly not decayed: {sorted(expected - decayed)}")
   assert opt_lib.decayed_official_names(abstract, config.optimizer) == expected
+  return decayed, expected
+
+
+@pytest.mark.parametrize("path", UPERNET_CONFIGS, ids=os.path.basename)
+def test_upernet_recipe_decays_exactly_the_mmseg_rule(path):
+  from swin_jax.convert import upernet as upernet_convert
+  config = load_config(path)
+  config_lib.validate_config(config)
+  official = official_upernet_shapes(config)
+  # mmseg's PPM branch psp_modules.i.1.conv is psp_modules.i.conv here (no pooling module).
+  official = {upernet_convert.to_model_key(k): s for k, s in official.items()}
+  decayed, expected = assert_one_update_decays_the_name_rule(config, official)
   # Biases and the heads' BatchNorm weights (".bn.", not "norm") are decayed.
   assert "decode_head.fpn_bottleneck.bn.weight" in decayed
   assert "backbone.layers.0.blocks.0.attn.qkv.bias" in decayed
@@ -431,15 +439,8 @@ def test_detection_recipes_are_found():
 def test_detection_recipe_decays_exactly_the_mmdet_rule(path):
   config = load_config(path)
   config_lib.validate_config(config)
-  abstract = abstract_params(config)
   official = official_detector_shapes(config)
-  ours = by_official_name(abstract, lambda *_: None)
-  assert set(ours) == set(official), sorted(set(ours) ^ set(official))
-  expected = {n for n in official if mmseg_rule_decays(n)}
-  decayed = decayed_by_one_update(config, ones_like_abstract(abstract))
-  assert decayed == expected, (f"wrongly decayed: {sorted(decayed - expected)}; "
-                               f"wrongly not decayed: {sorted(expected - decayed)}")
-  assert opt_lib.decayed_official_names(abstract, config.optimizer) == expected
+  decayed, expected = assert_one_update_decays_the_name_rule(config, official)
   # Biases are decayed, in the backbone and in every head; norms and bias tables are not.
   for name in ("backbone.layers.0.blocks.0.attn.qkv.bias", "backbone.patch_embed.proj.bias",
                "neck.lateral_convs.0.conv.bias", "rpn_head.rpn_cls.bias",
