@@ -44,6 +44,31 @@ COMMIT_FILE = "commit_success.txt"
 INCOMPLETE_SUFFIX = ".incomplete"
 
 
+# orbax's replica-parallel save (its default off GPU) cuts every replicated array into one
+# slice per replica so that replicas share the writing; each (array shape, device) pair
+# compiles its own slice program. For small arrays that costs more than it saves (a tiny
+# Swin's 35 params on 8 devices: 280 compiles, ~9 s per new model): slices under 1 MiB are
+# not split, the array is written whole by replica 0. Large params still split.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+_array_handler_registered = False
+
+
+def _register_array_handler() -> None:
+  """Registers (once) orbax's jax.Array handler with ``MIN_REPLICA_SLICE_BYTES``."""
+  global _array_handler_registered  # pylint: disable=global-statement
+  if _array_handler_registered:
+    return
+  default = ocp.type_handlers.get_type_handler(jax.Array)
+  ocp.type_handlers.register_type_handler(
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(
+          # The default handler's per-host array-metadata store, kept as it was.
+          array_metadata_store=getattr(default, "_array_metadata_store", None),
+          min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES),
+      override=True)
+  _array_handler_registered = True
+
+
 def is_committed(step_dir: epath.PathLike) -> bool:
   """Whether a step directory is a complete (committed) orbax checkpoint."""
   return (epath.Path(step_dir) / COMMIT_FILE).exists()
@@ -75,6 +100,7 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
     self.directory = epath.Path(workdir) / "checkpoints"
+    _register_array_handler()
     self._move_aside_incomplete_steps()
     self._manager = ocp.CheckpointManager(
         self.directory,
