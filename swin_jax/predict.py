@@ -1,10 +1,12 @@
-"""Predict on one image: the top classes of a classifier, or a segmentation model's mask.
+"""Predict on one image: a classifier's top classes, a segmentation mask, or detections.
 
   python -m swin_jax.predict --model swin_tiny_patch4_window7_224 \
       --checkpoint swin_tiny_patch4_window7_224.pth --image cat.jpg
   python -m swin_jax.predict --model swin_t --image chelsea     # random weights: a smoke run
   python -m swin_jax.predict --checkpoint runs/unet_demo --image scene.png \
       [--overlay scene_mask.png --alpha 0.5]                     # a segmentation run
+  python -m swin_jax.predict --checkpoint runs/detection_demo --image scene.png \
+      [--overlay scene_detections.png --min_score 0.3]           # a detection run
 
 ``--checkpoint`` is a PyTorch file (official/timm/Swin-Unet), a directory written by
 ``python -m swin_jax.convert``, or a swin_jax training run directory (``config.json`` and
@@ -18,6 +20,12 @@ size with each pixel's predicted class blended in a fixed colour per class (clas
 background, left transparent), and print the colour and pixel share of every predicted
 class. A segmentation input is resized to the model's ``img_size`` (bicubic, as the
 training transforms zoom), and the predicted mask back to the input's size (nearest).
+
+Detectors (Mask / Faster R-CNN) take the image as their test pipeline does (mmdet's
+keep-ratio resize to the run's ``task.test_scale``, padded onto its canvas; other
+checkpoints: (1333, 800) on the model's canvas); the detections, mapped back to the image's
+pixels (masks pasted as mmdet does), are drawn into ``--overlay`` (boxes, ``'<class>
+<score>'`` labels, masks blended) and printed, those scoring at least ``--min_score``.
 """
 
 from __future__ import annotations
@@ -50,9 +58,13 @@ flags.DEFINE_string("image", "chelsea", "Image path, or a bundled scikit-image n
                     f"({', '.join(images.BUNDLED_IMAGES)}).")
 flags.DEFINE_integer("num_classes", None, "Override the head size (e.g. 21841 for 22K).")
 flags.DEFINE_integer("top", 5, "How many classes to print.")
-flags.DEFINE_string("overlay", None, "Segmentation models: the PNG to write (default "
-                    "<image name>_segmentation.png in the current directory).")
-flags.DEFINE_float("alpha", 0.5, "Segmentation overlay: opacity of the class colours, 0..1.")
+flags.DEFINE_string("overlay", None, "Segmentation and detection: the PNG to write (default "
+                    "<image name>_segmentation.png / _detections.png in the current "
+                    "directory).")
+flags.DEFINE_float("alpha", 0.5, "Segmentation / detection overlay: opacity of the class "
+                   "colours, 0..1.")
+flags.DEFINE_float("min_score", 0.3, "Detection: draw and list detections scoring at least "
+                   "this (the model keeps those above its own 0.05).")
 flags.DEFINE_enum("normalize", None, ["imagenet", "none"], "Segmentation input: ImageNet "
                   "mean/std after scaling to [0, 1], or [0, 1] only. Default: what the "
                   "run trained with; 'imagenet' for other checkpoints.")
@@ -182,9 +194,9 @@ def segmentation_class_names(run_config: dict | None, num_classes: int) -> list[
   return ["background"] + [f"class {k}" for k in range(1, num_classes)]
 
 
-def default_overlay_path(image: str) -> str:
+def default_overlay_path(image: str, what: str = "segmentation") -> str:
   stem = os.path.splitext(os.path.basename(image))[0] or "image"
-  return f"{stem}_segmentation.png"
+  return f"{stem}_{what}.png"
 
 
 def write_overlay(image: Image.Image, labels: np.ndarray, colors: np.ndarray, path: str,
@@ -225,6 +237,89 @@ def _predict_segmentation(loaded: Loaded, image: Image.Image, compiled, hw, time
 
 
 # ----------------------------------------------------------------------------------------
+# Detection.
+
+
+def is_detector(model: Any) -> bool:
+  from swin_jax.models.detection.rcnn import FasterRCNN, MaskRCNN  # pylint: disable=import-outside-toplevel
+  return isinstance(model, (MaskRCNN, FasterRCNN))
+
+
+def detection_geometry(model: Any, run_config: dict | None) -> tuple[tuple[int, int],
+                                                                     tuple[int, int]]:
+  """``(test_scale, canvas)``: the run's (``task.test_scale``, ``DetectionTask.canvas()``),
+  else mmdet's (1333, 800) on the model's canvas (``img_size``)."""
+  from swin_jax.data import detection_transforms as dt  # pylint: disable=import-outside-toplevel
+  if run_config and run_config.get("task", {}).get("name") == "detection":
+    import ml_collections  # pylint: disable=import-outside-toplevel
+
+    from swin_jax import tasks  # pylint: disable=import-outside-toplevel
+    task = tasks.get_task(ml_collections.ConfigDict(run_config))
+    return tuple(int(s) for s in run_config["task"]["test_scale"]), task.canvas()
+  return dt.TEST_SCALE, tuple(int(s) for s in input_size(model))
+
+
+def detection_class_names(run_config: dict | None, num_classes: int) -> list[str]:
+  """COCO's names for a COCO run or an 80-class checkpoint, the digits for digit scenes,
+  else ``class 0, class 1, ...``."""
+  from swin_jax.data import coco  # pylint: disable=import-outside-toplevel
+  from swin_jax.data import digit_scenes  # pylint: disable=import-outside-toplevel
+  dataset = str((run_config or {}).get("dataset", {}).get("name", ""))
+  if digit_scenes.is_digit_scenes(dataset) and num_classes == 10:
+    return [str(d) for d in range(10)]
+  if (coco.is_coco(dataset) or not dataset) and num_classes == len(coco.COCO_CLASS_NAMES):
+    return list(coco.COCO_CLASS_NAMES)
+  return [f"class {k}" for k in range(num_classes)]
+
+
+def detect_image(loaded: Loaded, pixels: np.ndarray, scale, canvas) -> dict[str, np.ndarray]:
+  """Detections of one uint8 ``(H, W, 3)`` image in its own pixels: ``boxes (N, 4)``,
+  ``scores``, ``classes`` and (Mask R-CNN) ``masks (N, H, W)`` bool, N the model's kept."""
+  from swin_jax.data import detection_transforms as dt  # pylint: disable=import-outside-toplevel
+  from swin_jax.models.detection import postprocess  # pylint: disable=import-outside-toplevel
+  source = {"image": pixels, "boxes": np.zeros((0, 4), np.float32),
+            "labels": np.zeros((0,), np.int32)}
+  resized = dt.keep_ratio_resize(source, scale, canvas)
+  batch = dt.to_canvas(resized, canvas, max_instances=1, with_masks=False)
+  model, state = loaded.model, loaded.model_state
+  dets = jax.jit(lambda p, x, hw: model.apply({"params": p, **state}, x, hw))(
+      loaded.params, jnp.asarray(batch["image"][None]), jnp.asarray(batch["image_hw"][None]))
+  dets = jax.device_get(dets)
+  n = int(dets["num_detections"][0])
+  sy, sx = (float(v) for v in resized["scale_factor"])
+  boxes = np.asarray(dets["boxes"][0, :n], np.float32) / np.float32([sx, sy, sx, sy])
+  out = {"boxes": boxes, "scores": np.asarray(dets["scores"][0, :n], np.float32),
+         "classes": np.asarray(dets["classes"][0, :n], np.int64)}
+  if "masks" in dets:
+    out["masks"] = postprocess.paste_masks(dets["masks"][0, :n], boxes, pixels.shape[:2])
+  return out
+
+
+def _predict_detection(loaded: Loaded, image: Image.Image) -> None:
+  from swin_jax.visualize import detections  # pylint: disable=import-outside-toplevel
+  pixels = np.asarray(image.convert("RGB"), np.uint8)
+  scale, canvas = detection_geometry(loaded.model, loaded.run_config)
+  start = time.perf_counter()
+  dets = detect_image(loaded, pixels, scale, canvas)
+  run_s = time.perf_counter() - start
+  keep = dets["scores"] >= FLAGS.min_score
+  dets = {k: v[keep] for k, v in dets.items()}
+  names = detection_class_names(loaded.run_config, loaded.model.num_classes)
+  shown = detections.draw_detections(pixels, dets["boxes"], dets["scores"], dets["classes"],
+                                     names, masks=dets.get("masks"), alpha=FLAGS.alpha)
+  path = FLAGS.overlay or default_overlay_path(FLAGS.image, "detections")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(shown).save(path, format="PNG")
+  print(f"input      {image.width}x{image.height} image -> keep-ratio resize to {scale}, "
+        f"canvas {canvas[0]}x{canvas[1]}; compile + forward {run_s:.2f} s")
+  print(f"overlay    wrote {path} ({len(dets['scores'])} detections with score >= "
+        f"{FLAGS.min_score}{', masks' if 'masks' in dets else ''})")
+  for box, score, cls in zip(dets["boxes"], dets["scores"], dets["classes"]):
+    x0, y0, x1, y1 = (float(v) for v in box)
+    print(f"  {score:6.3f}  {names[cls]:>14}  box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f})")
+
+
+# ----------------------------------------------------------------------------------------
 # The command.
 
 
@@ -257,8 +352,14 @@ def main(argv) -> None:
   image = load_input_image(FLAGS.image)  # before the weights: a wrong path fails at once
   loaded = load(FLAGS.model, FLAGS.checkpoint, **overrides)
   model = loaded.model
-  hw = input_size(model)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(loaded.params))
+  if is_detector(model):
+    print(f"model      {loaded.name} (window {window_size(model)}, {num_params:,} params, "
+          "detection)")
+    print(f"weights    {loaded.source}")
+    _predict_detection(loaded, image)
+    return
+  hw = input_size(model)
 
   # The output's rank says what the model predicts: (B, K) classes or (B, H, W, K) masks.
   # BatchNorm statistics (UperNet) are fixed in eval mode: part of the program.

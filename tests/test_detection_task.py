@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -305,7 +306,7 @@ def component_losses(task, model, variables, batch, rng):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """Two steps of the tiny Mask R-CNN through ``loop.train_and_evaluate`` on 16 digit
-  scenes, evaluated on 8: ``(config, RunResult)``. The loss test reuses its params, so the
+  scenes, evaluated on 8: ``(config, RunResult, workdir)``. The loss test reuses its params, so the
   module compiles one init."""
   root = tmp_path_factory.mktemp("detection_run")
   config = tiny_config()
@@ -320,11 +321,12 @@ def trained(tmp_path_factory):
   config.optimizer.update(dict(schedule="step", step_epochs=(1.0,), warmup_mode="mmcv",
                                warmup_steps=1, no_decay_1d_and_bias=False,
                                no_decay_keywords=("norm",)))
-  return config, loop.train_and_evaluate(config, str(root / "run"))
+  workdir = str(root / "run")
+  return config, loop.train_and_evaluate(config, workdir), workdir
 
 
 def test_tiny_mask_rcnn_trains_and_reports_coco_ap_through_the_loop(trained):
-  config, result = trained
+  config, result, _ = trained
   for name in ("train/loss",) + tuple(f"train/{n}" for n in detection.LOSS_NAMES):
     assert np.isfinite(result.metrics[name]), name
   # Ground truth: the scenes' own COCO JSON (mask AP needs it).
@@ -345,7 +347,7 @@ def test_init_builds_the_params_of_the_test_path():
 
 
 def test_loss_is_the_sum_of_mmdets_terms_from_the_components(trained):
-  config, result = trained
+  config, result, _ = trained
   task = tasks.get_task(config)
   model = task.build_model()
   params = jax.device_get(result.state.params)
@@ -363,3 +365,69 @@ def test_loss_is_the_sum_of_mmdets_terms_from_the_components(trained):
     np.testing.assert_allclose(terms[name], value, rtol=1e-5, err_msg=name)
     assert np.isfinite(value) and value > 0, name
   np.testing.assert_allclose(loss, sum(expected.values()), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------
+# The drawing command (swin_jax.predict on a detection run).
+
+
+def test_detections_map_back_to_the_image_and_draw_boxes_labels_and_masks():
+  """``detect_image`` with a stub detector: boxes divided by the resize scale, masks pasted
+  at the source size; ``draw_detections`` colours each instance's mask and outline."""
+  import types  # pylint: disable=import-outside-toplevel
+
+  from swin_jax import predict  # pylint: disable=import-outside-toplevel
+  from swin_jax.visualize import detections  # pylint: disable=import-outside-toplevel
+
+  class StubDetector:
+    def apply(self, variables, images, image_hw):
+      del variables
+      assert images.shape == (1, 64, 64, 3)
+      # One box in canvas pixels (the 60 x 90 image is resized x2/3 to 40 x 60: image_hw),
+      # its mask all ones: pasted, it covers the box in the source image.
+      h, w = image_hw[0, 0].astype(jnp.float32), image_hw[0, 1].astype(jnp.float32)
+      box = jnp.stack([jnp.float32(8.0), jnp.float32(4.0), w * 32 / 60, h / 2])
+      return {"boxes": box[None, None], "scores": jnp.asarray([[0.9]]),
+              "classes": jnp.asarray([[3]]), "num_detections": jnp.asarray([1]),
+              "masks": jnp.ones((1, 1, 28, 28))}
+
+  loaded = types.SimpleNamespace(model=StubDetector(), params={}, model_state={})
+  image = np.full((60, 90, 3), 200, np.uint8)
+  dets = predict.detect_image(loaded, image, scale=(60, 40), canvas=(64, 64))
+  np.testing.assert_allclose(dets["boxes"], [[12.0, 6.0, 48.0, 30.0]], rtol=1e-6)
+  assert dets["masks"].shape == (1, 60, 90)
+  assert dets["masks"][0, 6:30, 12:48].all() and dets["masks"][0].sum() == 24 * 36
+  names = [str(d) for d in range(10)]
+  shown = detections.draw_detections(image, dets["boxes"], dets["scores"], dets["classes"],
+                                     names, masks=dets["masks"], alpha=0.5)
+  color = detections.detection_colors(10)[3].astype(np.float32)
+  inside = np.rint(0.5 * 200 + 0.5 * color).astype(np.uint8)
+  np.testing.assert_array_equal(shown[22, 30], inside)           # mask, below the label
+  np.testing.assert_array_equal(shown[20, 12], detections.detection_colors(10)[3])  # outline
+  np.testing.assert_array_equal(shown[50, 70], image[50, 70])    # untouched
+  with pytest.raises(ValueError, match="classes must index the 10 names"):
+    detections.draw_detections(image, dets["boxes"], dets["scores"], np.array([10]), names)
+
+
+def test_predict_command_draws_a_runs_detections_on_a_scene(trained, tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  config, _, workdir = trained
+  scene = np.asarray(sources.open_source(config.dataset, "test")[0]["image"], np.uint8)
+  Image.fromarray(scene).save(tmp_path / "scene.png")
+  out = tmp_path / "drawn" / "scene_detections.png"
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  done = subprocess.run(
+      [sys.executable, "-m", "swin_jax.predict", "--checkpoint", workdir, "--image",
+       str(tmp_path / "scene.png"), "--overlay", str(out), "--min_score", "0"],
+      capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "detection)" in done.stdout and f"wrote {out}" in done.stdout
+  # A two-step model is barely trained: whatever it kept (score > 0.05) is listed.
+  listed = [line for line in done.stdout.splitlines() if "box (" in line]
+  match = re.search(r"\((\d+) detections with score >= 0", done.stdout)
+  assert match and int(match.group(1)) == len(listed)
+  with Image.open(out) as png:
+    assert png.size == (scene.shape[1], scene.shape[0])
