@@ -24,6 +24,7 @@ from swin_jax.models.detection import assigner, losses, targets
 from swin_jax.tasks import detection
 from swin_jax.train import config as config_lib
 from swin_jax.train import loop
+from train_runs import compilation_cache_dir, persistent_compilation_cache, train_losses
 
 pytestmark = pytest.mark.xdist_group("detection_task")
 
@@ -306,8 +307,9 @@ def component_losses(task, model, variables, batch, rng):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """Two steps of the tiny Mask R-CNN through ``loop.train_and_evaluate`` on 16 digit
-  scenes, evaluated on 8: ``(config, RunResult, workdir)``. The loss test reuses its params, so the
-  module compiles one init."""
+  scenes, evaluated on 8, a checkpoint after each: ``(config, RunResult, workdir)``. The
+  loss test reuses its params, so the module compiles one init; its programs go to the
+  persistent cache for the resume test."""
   root = tmp_path_factory.mktemp("detection_run")
   config = tiny_config()
   config.dataset.data_dir = str(root / "tfds")
@@ -316,13 +318,14 @@ def trained(tmp_path_factory):
   config.batch_size, config.eval_batch_size = 2, 8
   config.total_steps = 2
   config.log_every_steps = 1
-  config.checkpoint_every_steps = 2
+  config.checkpoint_every_steps = 1
   config.eval_every_steps = 0
   config.optimizer.update(dict(schedule="step", step_epochs=(1.0,), warmup_mode="mmcv",
                                warmup_steps=1, no_decay_1d_and_bias=False,
                                no_decay_keywords=("norm",)))
   workdir = str(root / "run")
-  return config, loop.train_and_evaluate(config, workdir), workdir
+  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
+    return config, loop.train_and_evaluate(config, workdir), workdir
 
 
 def test_tiny_mask_rcnn_trains_and_reports_coco_ap_through_the_loop(trained):
@@ -335,6 +338,23 @@ def test_tiny_mask_rcnn_trains_and_reports_coco_ap_through_the_loop(trained):
   for name in ("eval/box_ap", "eval/box_ap50", "eval/mask_ap", "eval/mask_ap50"):
     assert 0.0 <= result.metrics[name] <= 1.0, name
   assert set(result.state.params["roi_head"]) == {"bbox_head", "mask_head"}
+
+
+def test_resumed_detection_run_ends_bit_for_bit(trained, tmp_path, tmp_path_factory):
+  """Resumed from its step-1 checkpoint (samplers' keys, data order, flips and scales from
+  the checkpointed state), the run's step 2 and final state equal the uninterrupted run's."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  config, result, workdir = trained
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(os.path.join(workdir, "checkpoints"), os.path.join(resumed, "checkpoints"))
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "2"))
+  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
+    again = loop.train_and_evaluate(config, resumed)
+  assert dict(train_losses(resumed)) == {2: dict(train_losses(workdir))[2]}
+  for a, b in zip(jax.tree.leaves(jax.device_get(result.state)),
+                  jax.tree.leaves(jax.device_get(again.state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert again.metrics["eval/box_ap"] == result.metrics["eval/box_ap"]
 
 
 def test_init_builds_the_params_of_the_test_path():
