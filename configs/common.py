@@ -22,7 +22,7 @@ _OPTIMIZER_FT = dict(base_lr=2e-5, warmup_lr=2e-8, min_lr=2e-7, reference_batch_
                      clip_grad_norm=5.0)
 
 
-def _official_augmentation(config: ConfigDict) -> None:
+def official_augmentation(config: ConfigDict) -> None:
   """timm create_transform as configured by the official repo, and its Mixup/CutMix."""
   config.task.aug.random_resized_crop = True
   config.task.aug.crop_scale = (0.08, 1.0)
@@ -56,7 +56,7 @@ def _recipe(model_name: str, drop_path_rate: float, dataset: str, num_classes: i
   config.optimizer.update(optimizer)
   config.num_epochs = epochs
   config.batch_size = batch_size
-  _official_augmentation(config)
+  official_augmentation(config)
   return config
 
 

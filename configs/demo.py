@@ -7,16 +7,17 @@ held-out test) and read through the same TFDS/grain path as ImageNet.
 
 from swin_jax.train.config import base_config
 
+# A 3-stage Swin on 32x32 digits with 2x2 patches: 16x16 tokens in 4x4 windows (W-MSA,
+# then SW-MSA: shift 2 with the -100 mask), merged to 8x8 (shifted windows again), then 4x4
+# (one window, no shift). configs/simmim/demo.py pretrains the same Swin.
+DEMO_SWIN = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
+                 window_size=4)
+
 
 def get_config():
   config = base_config()
   config.model.name = "swin_tiny_patch4_window7_224"
-  # A 3-stage Swin on 32x32 digits with 2x2 patches: 16x16 tokens in 4x4 windows (W-MSA,
-  # then SW-MSA: shift 2 with the -100 mask), merged to 8x8 (shifted windows again), then 4x4
-  # (one window, no shift).
-  config.model.overrides.update(dict(
-      img_size=32, patch_size=2, embed_dim=32, depths=(2, 2, 2), num_heads=(2, 4, 8),
-      window_size=4, num_classes=10, drop_path_rate=0.05))
+  config.model.overrides.update(dict(**DEMO_SWIN, num_classes=10, drop_path_rate=0.05))
   config.dataset.name = "swin_demo_mnist"
   config.dataset.train_split = "train"
   config.dataset.eval_split = "test"

@@ -32,6 +32,10 @@ and with ``--vs timm`` (or ``--vs torch``) the same throughputs for the PyTorch 
 (``swin_jax.oracles.torch_swin_unet``, the one the parity tests check against). The report
 keeps the PyTorch side under ``timm`` in either case; ``reference`` names the model.
 
+SimMIM models (``simmim_*``) take images and the official masks (32 px cells, ratio 0.6)
+and train with the ``simmim`` task's masked L1 and the AdamW above; they have no PyTorch
+side, and their MACs no official-formula count.
+
 Swin-Unet rows train with the official ``trainer.py`` setup on both sides: loss 0.4 CE + 0.6
 softmax Dice on random masks, SGD (momentum 0.9, weight decay 1e-4, no clipping; swin_jax's
 segmentation task and ``make_optimizer``, ``torch.optim.SGD``). Their MACs have no
@@ -84,6 +88,40 @@ def is_swin_unet(model: Any) -> bool:
   """Whether ``model`` is a Swin-Unet (a dense model: masks, not class labels)."""
   from swin_jax.convert import swin_unet  # pylint: disable=import-outside-toplevel
   return swin_unet.is_swin_unet(model)
+
+
+def is_simmim(model: Any) -> bool:
+  """Whether ``model`` is a SimMIM pretraining model (images and masks in, a loss out)."""
+  from swin_jax.models.simmim import SimMIM  # pylint: disable=import-outside-toplevel
+  return isinstance(model, SimMIM)
+
+
+def the_swin(model: Any) -> Any:
+  """The module holding the image geometry and layout options (SimMIM's encoder)."""
+  return model.encoder if is_simmim(model) else model
+
+
+def without_scan(model: Any) -> Any:
+  """The unscanned twin of ``model`` (its MACs: XLA counts a scan's body once)."""
+  if is_simmim(model):
+    return model.clone(encoder=model.encoder.clone(scan_blocks=False))
+  return model.clone(scan_blocks=False)
+
+
+def model_inputs(model: Any, batch: int, hw: tuple[int, int], seed: int = 0) -> tuple[Any, ...]:
+  """``model.apply``'s inputs for a batch: ``(images,)``, and for SimMIM ``(images, masks)``
+  with the official masks (32 px cells, ratio 0.6) at the encoder's patch size."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  swin = the_swin(model)
+  images = jax.random.normal(jax.random.PRNGKey(seed), (batch, *hw, swin.in_chans), jnp.float32)
+  if not is_simmim(model):
+    return (images,)
+  from swin_jax.data.simmim_mask import MaskGenerator  # pylint: disable=import-outside-toplevel
+  masks = MaskGenerator(input_size=hw[0], model_patch_size=swin.patch_size).batch(
+      np.random.default_rng(seed), batch)
+  return images, jnp.asarray(masks)
 
 
 # ----------------------------------------------------------------------------------------
@@ -212,15 +250,17 @@ def _macs_dict(cost: dict[str, float], matmul_macs: int, analytic: dict[str, flo
 
 
 def _analytic(model: Any, hw: tuple[int, int]) -> dict[str, float] | None:
-  """The official-formula count of a classifier; None for Swin-Unet (not modelled)."""
-  return None if is_swin_unet(model) else analytic_macs(model, hw)
+  """The official-formula count of a classifier; None for Swin-Unet and SimMIM (not
+  modelled)."""
+  return None if is_swin_unet(model) or is_simmim(model) else analytic_macs(model, hw)
 
 
 def _paper(name: str, model: Any, hw: tuple[int, int]) -> float | None:
   from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
   from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
   own = registry.MODEL_CONFIGS.get(name, {}).get("img_size")
-  if name in PAPER_GMACS and hw == window_ops.to_pair(model.img_size) == window_ops.to_pair(own):
+  if (name in PAPER_GMACS and
+      hw == window_ops.to_pair(the_swin(model).img_size) == window_ops.to_pair(own)):
     return PAPER_GMACS[name] * 1e9
   return None
 
@@ -235,13 +275,13 @@ def forward_macs(model: Any, batch: int = 1, img_size: int | Sequence[int] | Non
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
-  model = model.clone(scan_blocks=False)
-  h, w = window_ops.to_pair(model.img_size if img_size is None else img_size)
-  images = jax.ShapeDtypeStruct((batch, h, w, model.in_chans), jnp.float32)
+  model = without_scan(model)
+  h, w = window_ops.to_pair(the_swin(model).img_size if img_size is None else img_size)
+  inputs = jax.eval_shape(lambda: model_inputs(model, batch, (h, w)))
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, h, w, model.in_chans))))["params"]
-  lowered = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False)).lower(params,
-                                                                                   images)
+                                             *model_inputs(model, 1, (h, w))))["params"]
+  lowered = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs, train=False)).lower(
+      params, *inputs)
   compiled = lowered.compile()
   return _macs_dict(_cost(compiled), stablehlo_matmul_macs(lowered.as_text()),
                     _analytic(model, (h, w)), batch, _paper(name, model, (h, w)))
@@ -311,27 +351,32 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   from swin_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
 
-  h, w = window_ops.to_pair(model.img_size if img_size is None else img_size)
+  swin = the_swin(model)
+  h, w = window_ops.to_pair(swin.img_size if img_size is None else img_size)
   rss_start = _rss_mb()
   rng = jax.random.PRNGKey(seed)
-  images = jax.random.normal(rng, (batch, h, w, model.in_chans), jnp.float32)
+  inputs = model_inputs(model, batch, (h, w), seed)
+  images = inputs[0]
   dense = is_swin_unet(model)
-  # A class per image, or per pixel for Swin-Unet.
+  pretrain = is_simmim(model)
+  # A class per image, or per pixel for Swin-Unet; SimMIM's target is the image itself.
+  num_classes = 1 if pretrain else max(model.num_classes, 1)
   label_shape = (batch, h, w) if dense else (batch,)
-  labels = jax.random.randint(rng, label_shape, 0, max(model.num_classes, 1))
-  params = jax.jit(lambda r: model.init(r, images[:1], train=False)["params"])(rng)
+  labels = jax.random.randint(rng, label_shape, 0, num_classes)
+  params = jax.jit(lambda r: model.init(r, *[x[:1] for x in inputs], train=False)["params"])(
+      rng)
   num_params = sum(int(x.size) for x in jax.tree.leaves(params))
   res: dict[str, Any] = dict(num_params=num_params, img_size=[h, w])
 
   # Forward.
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+  forward = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs, train=False))
   start = time.perf_counter()
-  lowered = forward.lower(params, images)
+  lowered = forward.lower(params, *inputs)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
 
   def run_forward():
-    compiled(params, images).block_until_ready()
+    jax.block_until_ready(compiled(params, *inputs))
 
   start = time.perf_counter()
   run_forward()
@@ -339,7 +384,7 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   times = _timings(run_forward, warmup, repeats, iters)
   res["forward"] = dict(**_summary(times, batch), compile_s=compile_s, first_call_s=first_call_s,
                         xla_memory=_memory(compiled), rss_peak_mb=_maxrss_mb())
-  if model.scan_blocks:  # counted on the unscanned twin, see forward_macs
+  if swin.scan_blocks:  # counted on the unscanned twin, see forward_macs
     res["macs"] = forward_macs(model, batch, (h, w), name)
   else:
     res["macs"] = _macs_dict(_cost(compiled), stablehlo_matmul_macs(lowered.as_text()),
@@ -347,7 +392,8 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
 
   # Train step: the real one, the optimizer from the recipe's optimizer code.
   if not skip_train:
-    config = _train_config(dense, name, batch, h, max(model.num_classes, 1))
+    config = _train_config("simmim" if pretrain else "segmentation" if dense else
+                           "classification", name, batch, h, num_classes)
     tx, schedule = optimizer_lib.make_optimizer(config, total_steps=10_000,
                                                 steps_per_epoch=1_000)
     task = tasks.get_task(config)
@@ -357,18 +403,22 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
                                        schedule=schedule), donate_argnums=0)
 
     state = state_lib.create_train_state(params, tx, rng)
-    batch_data = {"image": images, "label": labels}
+    batch_data = ({"image": images, "patch_mask": inputs[1]} if pretrain else
+                  {"image": images, "label": labels})
     start = time.perf_counter()
     compiled_train = jitted_train_step(model).lower(state, batch_data).compile()
     train_compile_s = time.perf_counter() - start
-    if model.scan_blocks:  # the unscanned twin, compiled only for its cost analysis
+    if swin.scan_blocks:  # the unscanned twin, compiled only for its cost analysis
       if dense:
         from swin_jax.convert import swin_unet  # pylint: disable=import-outside-toplevel
         twin_params = swin_unet.unstack_scanned(params, model)
+      elif pretrain:
+        twin_params = dict(params, encoder=scan_layout.unstack_blocks(params["encoder"],
+                                                                      swin.depths))
       else:
         twin_params = scan_layout.unstack_blocks(params, model.depths)
       twin_state = state_lib.create_train_state(twin_params, tx, rng)
-      train_cost = _cost(jitted_train_step(model.clone(scan_blocks=False)).lower(
+      train_cost = _cost(jitted_train_step(without_scan(model)).lower(
           twin_state, batch_data).compile())
     else:
       train_cost = _cost(compiled_train)
@@ -391,15 +441,17 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   return res
 
 
-def _train_config(dense: bool, name: str, batch: int, size: int, num_classes: int) -> Any:
+def _train_config(task: str, name: str, batch: int, size: int, num_classes: int) -> Any:
   """The run config of the measured train step.
 
   Classifiers: ``base_config()`` (AdamW, clipping 5, no-decay mask), mixup off. Swin-Unet:
   the segmentation task (0.4 CE + 0.6 Dice) with the official ``trainer.py`` optimizer, SGD
-  momentum 0.9 and weight decay 1e-4 on every param, no clipping.
+  momentum 0.9 and weight decay 1e-4 on every param, no clipping. SimMIM: its task (masked
+  L1) with the same AdamW (the pretraining recipe's: clipping 5, mask token not decayed).
   """
   from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
-  config = config_lib.base_config("segmentation" if dense else "classification")
+  dense = task == "segmentation"
+  config = config_lib.base_config(task)
   config.batch_size = batch
   config.optimizer.warmup_epochs = 1.0
   config.dataset.num_classes = num_classes
@@ -409,7 +461,7 @@ def _train_config(dense: bool, name: str, batch: int, size: int, num_classes: in
                                  reference_batch_size=24, schedule="poly", warmup_epochs=0.0,
                                  clip_grad_norm=0.0, no_decay_1d_and_bias=False,
                                  no_decay_keywords=()))
-  else:
+  elif task == "classification":
     config.task.mixup.mixup_alpha = 0.0
     config.task.mixup.cutmix_alpha = 0.0
   if name:
@@ -617,8 +669,11 @@ def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> 
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
     from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
+    from swin_jax.models.simmim import SimMIM  # pylint: disable=import-outside-toplevel
     from swin_jax.models.swin_unet import SwinUnet  # pylint: disable=import-outside-toplevel
     name = registry.resolve_name(name)
+    if registry.model_class(name) is SimMIM:
+      raise ValueError(f"{name}: bench has no PyTorch SimMIM model; measure it without --vs")
     if registry.model_class(name) is SwinUnet:
       # The swin_jax model's fields, class defaults included, at this run's size.
       model = registry.create_model(name, img_size=common.pop("img_size"))
@@ -850,7 +905,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
       if args.macs_only:
         log(f"[bench] MACs of {name} batch {batch} ...", file=sys.stderr)
         model = registry.create_model(name, **model_overrides(args))
-        hw = list(window_ops.to_pair(args.img_size or model.img_size))
+        hw = list(window_ops.to_pair(args.img_size or the_swin(model).img_size))
         row["swin_jax"] = dict(img_size=hw, macs=forward_macs(model, batch, hw, name))
         report["results"].append(row)
         continue

@@ -186,6 +186,37 @@ def test_swin_unet_row_measures_swin_jax_and_the_torch_reference(tmp_path, monke
   assert "| bench_unet_tiny | 32x32 |" in table
 
 
+SIMMIM_TINY = dict(registry.MODEL_CONFIGS["simmim_swin_tiny_window6_192"], img_size=64,
+                   embed_dim=8, depths=(2, 2), num_heads=(1, 2), window_size=4,
+                   encoder_stride=8)
+
+
+def test_simmim_row_measures_the_pretraining_step(tmp_path, monkeypatch):
+  """A SimMIM model: forward on images and official masks, the simmim task's train step,
+  and MACs from the unscanned twin (scanned encoder by default)."""
+  monkeypatch.setitem(registry.MODEL_CONFIGS, "bench_simmim_tiny", SIMMIM_TINY)
+  monkeypatch.setitem(registry.SIMMIM_CONFIGS, "bench_simmim_tiny", SIMMIM_TINY)
+  out = tmp_path / "bench.json"
+  rc = bench.main(["--model", "bench_simmim_tiny", "--batch", "2", "--repeats", "2",
+                   "--warmup", "0", "--no_isolate", "--out", str(out)])
+  assert rc == 0
+  (row,) = json.loads(out.read_text())["results"]
+  res = row["swin_jax"]
+  model = create_model("bench_simmim_tiny")
+  assert bench.is_simmim(model)
+  assert res["img_size"] == [64, 64]
+  for phase in ("forward", "train"):
+    assert len(res[phase]["times_s"]) == 2 and res[phase]["img_per_s"] > 0
+  # L1 of a random reconstruction against N(0, 1) images: about E|x - y|, ~1.1 at init.
+  assert 0.3 < res["train"]["final_loss"] < 3.0
+  masks = bench.model_inputs(model, 3, (64, 64))[1]
+  # 32 px cells on 64 px: 2 x 2 cells, ceil(4 * 0.6) = 3 masked, at 16 x 16 patches.
+  assert masks.shape == (3, 16, 16) and set(masks.sum(axis=(1, 2)).tolist()) == {3 * 64}
+  macs = res["macs"]
+  assert macs["analytic_per_img"] is None and macs["matmul_forward_per_img"] > 0
+  assert macs["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
+
+
 def test_cli_lists_and_no_tensorflow():
   args = bench.parse_args(["--model", "swin_t,swin_s", "--model", "swin_b", "--batch", "8,32"])
   assert args.models == ["swin_t", "swin_s", "swin_b"] and args.batches == [8, 32]

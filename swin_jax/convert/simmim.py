@@ -44,6 +44,12 @@ def is_simmim(model: Any) -> bool:
   return isinstance(model, SimMIM)
 
 
+def is_simmim_state_dict(sd: Mapping[str, Any]) -> bool:
+  """A SimMIM checkpoint (official or a swin_jax SimMIM run): it has the encoder's mask
+  token."""
+  return ENCODER_PREFIX + MASK_TOKEN in sd
+
+
 # ----------------------------------------------------------------------------------------
 # The geometric-progression bias-table remap.
 

@@ -9,11 +9,13 @@ from swin_jax.tasks.base import Evaluator, SumEvaluator, Task
 from swin_jax.tasks.classification import ClassificationTask
 from swin_jax.tasks.detection import DetectionTask
 from swin_jax.tasks.segmentation import SegmentationTask
+from swin_jax.tasks.simmim import SimMIMTask
 
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.name: ClassificationTask,
     DetectionTask.name: DetectionTask,
     SegmentationTask.name: SegmentationTask,
+    SimMIMTask.name: SimMIMTask,
 }
 
 
@@ -29,5 +31,5 @@ def get_task(config) -> Task:
   return task_class(config.task.name)(config)
 
 
-__all__ = ["ClassificationTask", "DetectionTask", "Evaluator", "SegmentationTask", "SumEvaluator", "TASKS",
-           "Task", "get_task", "task_class"]
+__all__ = ["ClassificationTask", "DetectionTask", "Evaluator", "SegmentationTask", "SimMIMTask",
+           "SumEvaluator", "TASKS", "Task", "get_task", "task_class"]

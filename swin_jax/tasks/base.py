@@ -12,6 +12,7 @@ logging and resume exist once. A task supplies the parts that differ:
     outputs = task.eval_step(model, params, model_state, batch)     # jitted, per batch
     evaluator = task.evaluator(); evaluator.update(outputs); evaluator.result()   # host
     state = task.post_update(state)         # after each optimizer update (an EMA teacher)
+    task.write_figures(model, params, model_state, workdir, step)    # host, at the end
 
 ``loss_fn``, ``eval_step`` and ``post_update`` are traced under ``jax.jit`` over the
 global batch, so a BatchNorm in ``loss_fn`` averages over the whole global batch (SyncBN).
@@ -145,6 +146,18 @@ class Task(abc.ABC):
   def post_update(self, state: Any) -> Any:
     """Runs after every optimizer update, inside the jitted step (e.g. EMA update)."""
     return state
+
+  def write_figures(self, model: nn.Module, params: PyTree, model_state: PyTree,
+                    workdir: str, step: int) -> list[str]:
+    """Figures of the trained model, written under ``workdir`` by the main process once
+    training ends (``params`` gathered on the host); returns their paths. None by default;
+    SimMIM draws its reconstructions."""
+    del model, params, model_state, workdir, step
+    return []
+
+  @property
+  def writes_figures(self) -> bool:
+    return type(self).write_figures is not Task.write_figures
 
 
 def create_model_for_classes(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:

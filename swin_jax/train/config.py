@@ -93,7 +93,8 @@ def base_config(task: str = "classification") -> ConfigDict:
                                      # instead of warmup_epochs
       # 'timm': warmup from warmup_lr to lr, then the schedule (the Swin classification
       # code); 'mmcv': the schedule over the whole run, its lr scaled during warmup by
-      # 1 - (1 - t / W) * (1 - warmup_ratio) (mmcv 1.x, the mmseg/mmdet recipes).
+      # 1 - (1 - t / W) * (1 - warmup_ratio) (mmcv 1.x, the mmseg/mmdet recipes);
+      # 'timm_absolute': timm's warmup, then the schedule on the absolute step (SimMIM).
       warmup_mode="timm",
       warmup_ratio=0.1,              # 'mmcv' only: the factor at t = 0 (mmcv's default)
       schedule="cosine",             # 'cosine' | 'linear' | 'constant' | 'poly' | 'step'

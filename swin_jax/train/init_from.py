@@ -17,6 +17,9 @@ their Swin as a field (params at ``backbone/...``):
 * a Swin (classifier or a task model's backbone) -> Swin-Unet: the official ``load_from``:
   the encoder from ``layers.i``, the decoder stages ``layers_up.(3-i)`` mirrored from
   ``layers.i``, shape-mismatched keys left at init (``load_swin_unet_from_imagenet``);
+* a SimMIM checkpoint or run -> a classifier: the official fine-tune path
+  (``swin_jax.convert.simmim.simmim_to_classifier``: the encoder without its mask token,
+  bias tables of another window remapped on the geometric grid, the head at init);
 * anything else: the Swin backbone only. A source whose Swin is nested (a task-model run, an
   mmseg / mmdet ``.pth`` with ``backbone.`` keys) gives its backbone; the target's backbone
   takes it, and what either side has that the other lacks (the classifier's ``norm`` /
@@ -39,7 +42,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from swin_jax.convert import head_map, params_dir
+from swin_jax.convert import head_map, params_dir, simmim
 from swin_jax.convert import keys as keys_lib
 from swin_jax.convert import swin_unet
 from swin_jax.convert import torch_checkpoint as tc
@@ -182,6 +185,10 @@ def load_initial(path: str, model: nn.Module, label_space: str = "auto",
   sd = source_state_dict(path)
   if swin_unet.is_swin_unet(model):
     return _load_into_swin_unet(path, sd, model, fallback_params)
+  if isinstance(model, SwinTransformer) and simmim.is_simmim_state_dict(sd):
+    # The official SimMIM fine-tune path: encoder without its mask token, W6 -> W7 tables
+    # remapped on the geometric grid; the head stays at init.
+    return simmim.simmim_to_classifier(sd, model, fallback_params=fallback_params)
   prefix = _swin_prefix(sd)
   if not prefix and isinstance(model, SwinTransformer):
     # Classifier -> classifier: the whole model, as strictly as the converter.

@@ -255,11 +255,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
                 " | ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
           last.update(eval_metrics)
           writer.reset_clock()
+    if task.writes_figures and step == total_steps:
+      _write_figures(task, model, state, workdir, step, is_main)
   finally:
     checkpointer.wait()
     checkpointer.close()
     writer.close()
   return RunResult(state, last)
+
+
+def _write_figures(task, model, state, workdir: str, step: int, is_main: bool) -> None:
+  """The task's end-of-training figures, drawn by the main process from gathered params
+  (every process takes part in the gather)."""
+  params, model_state = multihost_utils.process_allgather((state.params, state.model_state),
+                                                          tiled=True)
+  if is_main:
+    task.write_figures(model, params, model_state, workdir, step)
 
 
 def _init_from(config, model, tx, state, state_sharding, task):

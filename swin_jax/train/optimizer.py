@@ -59,7 +59,7 @@ NO_DECAY_KEYWORDS = ("absolute_pos_embed", "relative_position_bias_table", "cpb_
                      "logit_scale", "mask_token")
 
 SCHEDULES = ("cosine", "linear", "constant", "poly", "step")
-WARMUP_MODES = ("timm", "mmcv")
+WARMUP_MODES = ("timm", "timm_absolute", "mmcv")
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -127,6 +127,11 @@ def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
               ``step=[8, 11]`` is ``8 * updates_per_epoch``, ... (mmcv sets an epoch's lr
               at its start, so update ``8 E`` is the first at 0.1x).
 
+  ``'timm_absolute'`` (microsoft/SimMIM's schedulers: timm's without ``warmup_prefix``):
+  the same warmup, but the schedule after it runs on the absolute count, ``u = t`` and
+  ``T = total_updates`` (so cosine starts just below ``lr`` at ``t = W``, and step
+  milestones are absolute: SimMIM's ``MultiStepLRScheduler``, ``bisect_right``).
+
   ``'mmcv'`` (mmcv 1.x ``LrUpdaterHook``, the mmseg/mmdet forks, ``by_epoch=False``): the
   schedule runs over the whole run, ``u = t`` and ``T = total_updates``, with poly as
   mmcv's ``PolyLrUpdaterHook``, ``(lr - min_lr) * max(1 - t / T, 0) ** poly_power + min_lr``
@@ -147,7 +152,8 @@ def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
   if warmup_mode not in WARMUP_MODES:
     raise ValueError(f"warmup_mode {warmup_mode!r} is not one of {WARMUP_MODES}")
   prefix = warmup_mode == "timm"
-  # The decay phase: after the warmup prefix (timm), or the whole run (mmcv).
+  timm_warmup = warmup_mode in ("timm", "timm_absolute")
+  # The decay phase: after the warmup prefix (timm), or the whole run (the others).
   decay = total_updates - warmup if prefix else total_updates
   poly_power, ratio = float(poly_power), float(warmup_ratio)
   # timm: warmup_steps = (lr - warmup_lr_init) / warmup_t, then warmup_lr_init + t * step.
@@ -164,7 +170,7 @@ def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
       after = xp.where(u >= decay, min_lr, after)
     elif kind == "linear":
       after = lr - (lr - min_lr) * xp.minimum(u / decay, 1.0)
-    elif kind == "poly" and prefix:
+    elif kind == "poly" and timm_warmup:
       after = lr * xp.maximum(1.0 - u / decay, 0.0) ** poly_power
     elif kind == "poly":
       # (T - t) / T: exact in float32 near the end, where 1 - t / T cancels.
@@ -175,7 +181,7 @@ def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
       after = lr * xp.asarray(gamma, t.dtype) ** passed
     else:
       after = xp.full_like(t, lr)
-    if prefix:
+    if timm_warmup:
       during = warmup_lr + t * warmup_slope
     else:
       # mmcv get_warmup_lr('linear'): k = (1 - t / W) * (1 - ratio), lr * (1 - k); the same
