@@ -313,3 +313,95 @@ def test_pad_bottom_right_appends_zeros():
   np.testing.assert_array_equal(got[:, :5, :6], x)
   np.testing.assert_array_equal(got[:, 5:], 0.0)
   np.testing.assert_array_equal(got[:, :, 6:], 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The same functions in 3D (nnFormer's volumes), against hand-computed small cases.
+
+
+def test_3d_partition_orders_windows_and_tokens_row_major_and_reverses():
+  # (1, 2, 2, 4, 1) with windows (1, 2, 2): 2 x 1 x 2 = 4 windows of 4 voxels.
+  x = np.arange(16, dtype=np.float32).reshape(1, 2, 2, 4, 1)
+  windows = window_ops.window_partition(x, (1, 2, 2))[..., 0]
+  # Voxel (d, h, w) holds 8 d + 4 h + w; window (gd, gw) holds d = gd, w in 2 gw + {0, 1}.
+  np.testing.assert_array_equal(windows, [[0, 1, 4, 5], [2, 3, 6, 7],
+                                          [8, 9, 12, 13], [10, 11, 14, 15]])
+  np.testing.assert_array_equal(window_ops.window_reverse(windows[..., None], (1, 2, 2), 2, 2, 4),
+                                x)
+  big = np.random.default_rng(0).normal(size=(2, 4, 6, 8, 3)).astype(np.float32)
+  back = window_ops.window_reverse(window_ops.window_partition(jnp.asarray(big), (2, 3, 4)),
+                                   (2, 3, 4), 4, 6, 8)
+  np.testing.assert_array_equal(np.asarray(back), big)
+
+
+def test_3d_cyclic_shift_rolls_all_three_spatial_axes():
+  x = np.random.default_rng(1).normal(size=(1, 4, 4, 6, 2)).astype(np.float32)
+  shifted = np.asarray(window_ops.cyclic_shift(jnp.asarray(x), (1, 2, 3)))
+  assert shifted[0, 0, 0, 0, 0] == x[0, 1, 2, 3, 0]
+  np.testing.assert_array_equal(shifted, np.roll(x, (-1, -2, -3), axis=(1, 2, 3)))
+  np.testing.assert_array_equal(
+      np.asarray(window_ops.reverse_cyclic_shift(jnp.asarray(shifted), (1, 2, 3))), x)
+  padded = window_ops.pad_bottom_right(jnp.asarray(x), 0, 1, 2)
+  assert padded.shape == (1, 4, 5, 8, 2) and float(jnp.abs(padded[:, :, 4:]).sum()) == 0
+
+
+def test_3d_relative_position_index_is_the_row_major_offset_table():
+  index = window_ops.relative_position_index((2, 2, 2))
+  assert index.shape == (8, 8) and index.dtype == np.int32
+  # Offsets (dd, dh, dw) + 1 in {0, 1, 2}: 9 dd + 3 dh + dw; the diagonal is the centre 13.
+  np.testing.assert_array_equal(np.diag(index), 13)
+  assert index[0, 7] == 0 and index[7, 0] == 26       # (0,0,0)-(1,1,1) and the reverse
+  assert index[1, 2] == 9 * 1 + 3 * 0 + 2             # (0,0,1) vs (0,1,0): (0, -1, +1)
+  # The 2D index is the rank-2 case: a 1-deep window repeats it.
+  np.testing.assert_array_equal(window_ops.relative_position_index((1, 3, 2)),
+                                window_ops.relative_position_index((3, 2)))
+
+
+def test_nnformer_index_keeps_the_official_colliding_strides():
+  index = window_ops.nnformer_relative_position_index((4, 4, 4))
+  # (dd + 3) * 11 + (dh + 3) * 7 + (dw + 3): from 0 ((0,0,0) vs (3,3,3)) to 6*11+6*7+6 = 114.
+  assert index[0, 63] == 0 and index[63, 0] == 114 and index.max() == 114
+  assert len(np.unique(index)) == 115          # of the 7 * 7 * 7 = 343 table rows
+  # The depth stride 11 is less than the 49 (dh, dw) offsets: offset (+1, 0, 0) gives
+  # 44 + 21 + 3 = 68, and so does (0, +2, -3): 33 + 35 + 0.
+  d = lambda z, y, x: z * 16 + y * 4 + x  # noqa: E731  (token id of voxel (z, y, x))
+  assert index[d(1, 0, 0), d(0, 0, 0)] == index[d(0, 2, 0), d(0, 0, 3)] == 68
+  with pytest.raises(ValueError, match="nnFormer windows are 3D"):
+    window_ops.nnformer_relative_position_index((4, 4))
+
+
+def test_3d_shift_mask_separates_the_wrapped_regions():
+  mask = window_ops.shift_mask(4, 4, 4, (2, 2, 2), (1, 1, 1))
+  assert mask.shape == (8, 8, 8)
+  np.testing.assert_array_equal(mask[0], 0.0)        # window (0, 0, 0): one region
+  # The far corner window: each axis holds positions 2 and 3, which are different regions
+  # (slices [-2, -1) and [-1, 4)), so its 8 voxels are 8 regions.
+  np.testing.assert_array_equal(mask[7], window_ops.MASK_FILL * (1 - np.eye(8)))
+  # Window (0, 0, 1): only the w position splits it; tokens t = 4 d + 2 h + w.
+  same_w = np.array([[(i % 2) == (j % 2) for j in range(8)] for i in range(8)])
+  np.testing.assert_array_equal(mask[1], np.where(same_w, 0.0, window_ops.MASK_FILL))
+  # The 2D mask is the rank-2 case: a depth-1 grid and window repeat it.
+  np.testing.assert_array_equal(window_ops.shift_mask(1, 8, 8, (1, 4, 4), (0, 2, 2)),
+                                window_ops.shift_mask(8, 8, (4, 4), (2, 2)))
+
+
+def test_3d_block_geometry_shifts_odd_blocks_and_makes_small_stages_global():
+  # nnFormer Synapse: windows (4, 4, 8, 4) over stages of 32^3, 16^3, 8^3, 4^3.
+  assert window_ops.block_geometry((32, 32, 32), 4, 1) == ((4, 4, 4), (2, 2, 2))
+  assert window_ops.block_geometry((8, 8, 8), 8, 1) == ((8, 8, 8), (0, 0, 0))   # GV-MSA
+  assert window_ops.block_geometry((4, 4, 4), 4, 0) == ((4, 4, 4), (0, 0, 0))
+  assert window_ops.block_geometry((14, 40, 40), (3, 5, 5), 1) == ((3, 5, 5), (1, 2, 2))
+
+
+def test_3d_window_attention_has_a_prod_2w_minus_1_table_read_by_the_chosen_index():
+  from swin_jax.models import attention  # pylint: disable=import-outside-toplevel
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 64, 8)), jnp.float32)
+  for kind in ("swin", "nnformer"):
+    module = attention.WindowAttention(8, 2, (4, 4, 4), position_index=kind)
+    params = module.init(jax.random.key(0), x, None, 2, False)["params"]
+    table = params["relative_position_bias_table"]
+    assert table.shape == (7 * 7 * 7, 2)
+    index = attention.POSITION_INDEXES[kind]((4, 4, 4))
+    bias = attention.gather_relative_bias(table, (4, 4, 4), kind)
+    np.testing.assert_array_equal(np.asarray(bias), np.asarray(table)[index].transpose(2, 0, 1))
+    assert module.apply({"params": params}, x, None, 2, False).shape == x.shape

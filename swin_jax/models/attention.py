@@ -28,9 +28,17 @@ NORMALIZE_EPS = 1e-12
 ATTENTION_IMPLS = ("explicit", "dot_product")
 
 
-def gather_relative_bias(table: jnp.ndarray, window: window_ops.Pair) -> jnp.ndarray:
-  """``table`` ``((2wh-1)(2ww-1), heads)`` -> bias ``(heads, N, N)`` via the official index."""
-  index = window_ops.relative_position_index(window)
+# Which relative-position index reads the V1 bias table (``WindowAttention.position_index``):
+# Swin's, in any rank, or nnFormer's 3D one with its colliding strides (kept for its weights).
+POSITION_INDEXES = {"swin": window_ops.relative_position_index,
+                    "nnformer": window_ops.nnformer_relative_position_index}
+
+
+def gather_relative_bias(table: jnp.ndarray, window: window_ops.Sizes,
+                         position_index: str = "swin") -> jnp.ndarray:
+  """``table`` ``(prod(2w-1), heads)`` (2D: ``(2wh-1)(2ww-1)``) -> bias ``(heads, N, N)`` via
+  the official index (``POSITION_INDEXES[position_index]``)."""
+  index = POSITION_INDEXES[position_index](window)
   n = index.shape[0]
   bias = jnp.take(table, index.reshape(-1), axis=0).reshape(n, n, -1)
   return bias.transpose(2, 0, 1)
@@ -61,7 +69,9 @@ class WindowAttention(nn.Module):
   """``(B*nW, N, C) -> (B*nW, N, C)``: attention inside each window of ``N = wh*ww`` tokens.
 
   ``version=1``: ``logits = (q * head_dim**-0.5) @ k^T + table[index]``, with a learnt
-  ``relative_position_bias_table`` ``((2wh-1)(2ww-1), heads)`` and a biased ``qkv``.
+  ``relative_position_bias_table`` ``((2wh-1)(2ww-1), heads)`` and a biased ``qkv``. Windows
+  may have any rank (3D: ``prod(2w-1)`` table rows); ``position_index`` picks the index
+  (``POSITION_INDEXES``: ``'swin'``, or ``'nnformer'`` for nnFormer's 3D quirk).
 
   ``version=2``: ``logits = normalize(q) @ normalize(k)^T * exp(min(logit_scale, log 100))
   + 16 sigmoid(cpb_mlp(coords)[index])``: cosine attention with a per-head temperature
@@ -85,6 +95,7 @@ class WindowAttention(nn.Module):
   pretrained_window: window_ops.Pair = (0, 0)
   dtype: Dtype = jnp.float32
   attention_impl: str = "explicit"
+  position_index: str = "swin"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: np.ndarray | None, num_windows: int,
@@ -155,10 +166,10 @@ class WindowAttention(nn.Module):
     gathered by the official index; V2's continuous position bias."""
     if self.version == 2:
       return self._continuous_position_bias()
-    wh, ww = self.window
+    rows = math.prod(2 * w - 1 for w in self.window)
     table = self.param("relative_position_bias_table", layers.trunc_normal_init,
-                       ((2 * wh - 1) * (2 * ww - 1), self.num_heads), jnp.float32)
-    return gather_relative_bias(table, self.window)
+                       (rows, self.num_heads), jnp.float32)
+    return gather_relative_bias(table, self.window, self.position_index)
 
   def _logit_scale(self) -> jnp.ndarray:
     """V2's per-head log-temperature ``(heads, 1, 1)``, clamped at ``log 100``."""

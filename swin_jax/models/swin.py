@@ -35,6 +35,7 @@ differ, so a dense checkpoint must run in dense mode.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -115,29 +116,30 @@ class SwinTransformerBlock(nn.Module):
     self.mlp = layers.Mlp(int(self.dim * self.mlp_ratio), self.dim, self.drop_rate, self.dtype)
 
   def window_attention(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-    """Shift, pad to the window, attend per window, then undo all three. ``(B, H, W, C)``."""
-    _, h, w, c = x.shape
+    """Shift, pad to the window, attend per window, then undo all three. ``(B, H, W, C)``
+    (the window ops are rank-generic: ``(B, *S, C)`` with a window per spatial dim)."""
+    sizes = x.shape[1:-1]
     shifted = any(self.shift)
-    pad_h = window_ops.padding_to_multiple(h, self.window[0])
-    pad_w = window_ops.padding_to_multiple(w, self.window[1])
-    hp, wp = h + pad_h, w + pad_w
+    pads = [window_ops.padding_to_multiple(n, w) for n, w in zip(sizes, self.window)]
+    padded = tuple(n + p for n, p in zip(sizes, pads))
+    crop = (slice(None), *(slice(0, n) for n in sizes), slice(None))
     # timm pads after the roll and crops before the un-roll; the official dense backbone
     # rolls the padded map, so its zero rows wrap round to the top-left with the rest.
     if self.pad_before_shift:
-      x = window_ops.pad_bottom_right(x, pad_h, pad_w)
+      x = window_ops.pad_bottom_right(x, *pads)
     if shifted:
       x = window_ops.cyclic_shift(x, self.shift)
     if not self.pad_before_shift:
-      x = window_ops.pad_bottom_right(x, pad_h, pad_w)
-    mask = window_ops.shift_mask(hp, wp, self.window, self.shift) if shifted else None
-    num_windows = (hp // self.window[0]) * (wp // self.window[1])
+      x = window_ops.pad_bottom_right(x, *pads)
+    mask = window_ops.shift_mask(*padded, self.window, self.shift) if shifted else None
+    num_windows = math.prod(n // w for n, w in zip(padded, self.window))
     windows = window_ops.window_partition(x, self.window)
     windows = self.attn(windows, mask, num_windows, train)
-    x = window_ops.window_reverse(windows, self.window, hp, wp)
+    x = window_ops.window_reverse(windows, self.window, *padded)
     if self.pad_before_shift:
       x = window_ops.reverse_cyclic_shift(x, self.shift) if shifted else x
-      return x[:, :h, :w, :]
-    x = x[:, :h, :w, :]
+      return x[crop]
+    x = x[crop]
     return window_ops.reverse_cyclic_shift(x, self.shift) if shifted else x
 
   def __call__(self, x: jnp.ndarray, train: bool = False,
