@@ -241,7 +241,8 @@ def _predict_segmentation(loaded: Loaded, image: Image.Image, compiled, hw, time
 
 
 def is_detector(model: Any) -> bool:
-  from swin_jax.models.detection.rcnn import FasterRCNN, MaskRCNN  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from swin_jax.models.detection.rcnn import FasterRCNN, MaskRCNN
   return isinstance(model, (MaskRCNN, FasterRCNN))
 
 

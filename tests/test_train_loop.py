@@ -102,6 +102,8 @@ TRAINED_ELSEWHERE = {
     "swin_b_384_ft.py": "swin_b_1k's group; 384 px / W12: test_parity_timm",
     "swinv2_b_22k.py": "swinv2_t_1k (Swin V2 through the loop); 192 px / W12: test_parity_v2",
     "swinv2_b_22kto1k_256.py": "swinv2_t_1k; W16 with pretrained windows: test_parity_v2",
+    "upernet/demo.py": "the ADE20K run (UperNet, BN statistics) and swin_unet/demo (the "
+                       "digit-scenes segmentation pipeline) through this loop",
 }
 
 
