@@ -38,6 +38,7 @@ from swin_jax.data import transforms
 from swin_jax.data.simmim_mask import MaskGenerator
 from swin_jax.models import registry
 from swin_jax.models.simmim import SimMIM, norm_targets, upsample_mask
+from swin_jax.models.swin import SwinTransformer
 from swin_jax.tasks import base
 
 ConfigDict = ml_collections.ConfigDict
@@ -119,14 +120,18 @@ class SimMIMTask(base.Task):
       raise ValueError(f"encoder_stride {model.encoder_stride} must be the encoder's total "
                        f"downsampling {stride} (patch_size {encoder.patch_size}, "
                        f"{len(encoder.depths)} stages); set config.model.overrides.encoder_stride")
-    self.mask_generator(model)   # checks the mask geometry now, not in a data worker
+    self.mask_generator()   # checks the mask geometry now, not in a data worker
     return model
 
-  def mask_generator(self, model: SimMIM | None = None) -> MaskGenerator:
-    model = model or self.build_model()
+  def mask_generator(self) -> MaskGenerator:
+    # The encoder's patch size from the model's config (or the Swin default): no model is
+    # built for it.
+    fields = registry.model_config(self.config.model.name, **self.config.model.overrides)
+    patch_size = fields.get("patch_size",
+                            registry.constructor_fields(SwinTransformer)["patch_size"])
     return MaskGenerator(input_size=int(self.config.dataset.image_size),
                          mask_patch_size=int(self.config.task.mask_patch_size),
-                         model_patch_size=int(model.encoder.patch_size),
+                         model_patch_size=int(patch_size),
                          mask_ratio=float(self.config.task.mask_ratio))
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
