@@ -18,6 +18,7 @@ from swin_jax import tasks
 from swin_jax.models import registry
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
+from swin_jax.train import init_from
 from swin_jax.train import loop
 from swin_jax.train import optimizer as optimizer_lib
 from train_runs import (REPO, TINY_CONFIG, compilation_cache_dir, persistent_compilation_cache,
@@ -102,8 +103,10 @@ TRAINED_ELSEWHERE = {
     "swin_b_384_ft.py": "swin_b_1k's group; 384 px / W12: test_parity_timm",
     "swinv2_b_22k.py": "swinv2_t_1k (Swin V2 through the loop); 192 px / W12: test_parity_v2",
     "swinv2_b_22kto1k_256.py": "swinv2_t_1k; W16 with pretrained windows: test_parity_v2",
-    "upernet/demo.py": "the ADE20K run (UperNet, BN statistics) and swin_unet/demo (the "
-                       "digit-scenes segmentation pipeline) through this loop",
+    "swin_unet/demo.py": "test_train_resume trains it shrunk (tests/configs/tiny_unet.py) "
+                         "through the main job, killed and resumed",
+    "upernet/demo.py": "the ADE20K run (UperNet, BN statistics) and swin_unet/demo's (the "
+                       "digit-scenes segmentation pipeline) through the loop",
 }
 
 
@@ -351,7 +354,7 @@ NO_LEARNING = {"total_steps": 1, "optimizer.base_lr": 0.0, "optimizer.warmup_lr"
 
 def test_init_from_a_scanned_run_into_a_per_block_run_and_from_a_pth(data_dir, tmp_path):
   """init_from translates layouts: a scanned run's final params start a per-block run
-  (and the reverse through an exported .pth), value for value."""
+  through the loop (and the reverse through an exported .pth), value for value."""
   from swin_jax.convert import export_torch_state_dict  # pylint: disable=import-outside-toplevel
   from swin_jax.models import scan_layout  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
@@ -373,8 +376,8 @@ def test_init_from_a_scanned_run_into_a_per_block_run_and_from_a_pth(data_dir, t
   model = registry.create_model(plain.model.name, **plain.model.overrides)
   pth = str(tmp_path / "plain.pth")
   torch.save({"model": export_torch_state_dict(loaded, model, to_torch=True)}, pth)
-  again = tiny_config(data_dir, init_from=pth, **NO_LEARNING)
-  # The first run's model: its init and eval programs come from the compilation cache.
-  again.model.overrides.update(dict(scan_blocks=True, remat="dots_no_batch"))
-  back = jax.device_get(loop.train_and_evaluate(again, str(tmp_path / "again")).state.params)
+  # Back into the scanned model by the same function the loop's init_from calls.
+  scanned_model = registry.create_model(config.model.name, **config.model.overrides)
+  back, report = init_from.load_initial(pth, scanned_model)
+  assert not report.left_at_init and not report.dropped
   jax.tree.map(np.testing.assert_array_equal, back, trained)
