@@ -92,11 +92,12 @@ def path_to_torch_key(path: Path) -> str:
 
 
 def torch_to_flax_array(path: Path, value: np.ndarray) -> np.ndarray:
-  """Linear ``(out, in) -> (in, out)``; Conv ``OIHW -> HWIO``; anything else unchanged."""
+  """Linear ``(out, in) -> (in, out)``; Conv ``OIHW -> HWIO``, Conv3d ``OIDHW -> DHWIO``;
+  anything else unchanged."""
   if path[-1] == "kernel" and value.ndim == 2:
     return value.T
-  if path[-1] == "kernel" and value.ndim == 4:
-    return value.transpose(2, 3, 1, 0)
+  if path[-1] == "kernel" and value.ndim in (4, 5):
+    return value.transpose(*range(2, value.ndim), 1, 0)
   return value
 
 
@@ -104,8 +105,8 @@ def flax_to_torch_array(path: Path, value: np.ndarray) -> np.ndarray:
   """Inverse of ``torch_to_flax_array``."""
   if path[-1] == "kernel" and value.ndim == 2:
     return value.T
-  if path[-1] == "kernel" and value.ndim == 4:
-    return value.transpose(3, 2, 0, 1)
+  if path[-1] == "kernel" and value.ndim in (4, 5):
+    return value.transpose(value.ndim - 1, value.ndim - 2, *range(value.ndim - 2))
   return value
 
 

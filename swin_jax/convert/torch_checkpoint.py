@@ -37,6 +37,7 @@ import numpy as np
 from swin_jax.convert import detection
 from swin_jax.convert import head_map
 from swin_jax.convert import keys as keys_lib
+from swin_jax.convert import nnformer
 from swin_jax.convert import resize
 from swin_jax.convert import simmim
 from swin_jax.convert import swin_unet
@@ -119,6 +120,8 @@ def _example_images(model: nn.Module) -> jax.ShapeDtypeStruct:
   """One image of the (first) backbone's size: what ``model.init(rng, images)`` is given."""
   if swin_unet.is_swin_unet(model):
     return jax.ShapeDtypeStruct(swin_unet.example_images_shape(model), jnp.float32)
+  if nnformer.is_nnformer(model):
+    return jax.ShapeDtypeStruct(nnformer.example_volume_shape(model), jnp.float32)
   backbones = find_backbones(model)
   if not backbones:
     raise ValueError(f"{type(model).__name__} holds no SwinTransformer (as itself or a field)")
@@ -299,6 +302,9 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
   sd = read_state_dict(source)
   if detection.is_detector(model):
     sd = detection.swap_deconv_axes(sd)  # the mask head's ConvTranspose2d: (in, out, k, k)
+  if nnformer.is_nnformer(model):
+    # Its ConvTranspose3d weights (in, out, k...); its index buffers are recomputed.
+    sd = {k: v for k, v in nnformer.swap_deconv_axes(sd).items() if not keys_lib.is_buffer(k)}
   for path, swin in backbones.items():
     sd = to_official_layout(sd, len(swin.depths), _key_prefix(path))
   unet = model if swin_unet.is_swin_unet(model) else None
@@ -457,6 +463,21 @@ def _buffers(model: SwinTransformer) -> StateDict:
   return out
 
 
+def checked_flat_params(params: Mapping[str, Any], model: nn.Module, what: str
+                        ) -> dict[Path, Any]:
+  """``params`` flattened by path, every path and shape checked against ``model``'s (as
+  built); a ``CheckpointMismatchError`` naming ``what`` and the differing paths if not."""
+  flat = flax.traverse_util.flatten_dict(dict(params))
+  expected = abstract_params(model)
+  wrong = sorted(set(flat) ^ set(expected))
+  wrong += sorted(p for p in flat if p in expected and flat[p].shape != expected[p].shape)
+  if wrong:
+    raise CheckpointMismatchError(
+        f"params do not belong to {what}; differing paths: " +
+        ", ".join("/".join(p) for p in wrong[:20]) + (" ..." if len(wrong) > 20 else ""))
+  return flat
+
+
 def official_flat_params(variables: Mapping[str, Any], model: nn.Module, what: str
                          ) -> tuple[StateDict, Path, SwinTransformer]:
   """A task model's params (or ``{'params': ...}``) as numpy arrays by official key, a
@@ -466,14 +487,7 @@ def official_flat_params(variables: Mapping[str, Any], model: nn.Module, what: s
   path, swin = the_backbone(model)
   if swin.scan_blocks and scan_layout.is_scanned(scan_layout.get_subtree(params, path)):
     params = scan_layout.unstack_blocks_at(params, path, swin.depths)
-  flat = flax.traverse_util.flatten_dict(dict(params))
-  expected = abstract_params(per_block_twin(model))
-  wrong = sorted(set(flat) ^ set(expected))
-  wrong += sorted(p for p in flat if p in expected and flat[p].shape != expected[p].shape)
-  if wrong:
-    raise CheckpointMismatchError(
-        f"params do not belong to {what}; differing paths: " +
-        ", ".join("/".join(p) for p in wrong[:20]) + (" ..." if len(wrong) > 20 else ""))
+  flat = checked_flat_params(params, per_block_twin(model), what)
   sd = {keys_lib.path_to_torch_key(p): keys_lib.flax_to_torch_array(p, np.asarray(v))
         for p, v in flat.items()}
   return sd, path, swin
@@ -510,6 +524,10 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
     if layout != "official":
       raise ValueError("detection checkpoints have one layout; use layout='official'")
     return detection.export_detector_state_dict(params, model, include_buffers, to_torch)
+  if nnformer.is_nnformer(model):
+    if layout != "official":
+      raise ValueError("nnFormer checkpoints have one layout; use layout='official'")
+    return nnformer.export_nnformer_state_dict(params, model, include_buffers, to_torch)
   if swin_unet.is_swin_unet(model):
     # Bare SwinTransformerSys keys; swin_unet.export_swin_unet_state_dict adds the prefix.
     if layout != "official":
@@ -527,14 +545,7 @@ def export_torch_state_dict(params: Mapping[str, Any], model: SwinTransformer,
     return export_torch_state_dict(scan_layout.unstack_blocks(params, model.depths),
                                    model.clone(scan_blocks=False), layout, include_buffers,
                                    to_torch)
-  flat = flax.traverse_util.flatten_dict(dict(params))
-  expected = abstract_params(model)
-  wrong = sorted(set(flat) ^ set(expected))
-  wrong += sorted(p for p in flat if p in expected and flat[p].shape != expected[p].shape)
-  if wrong:
-    raise CheckpointMismatchError(
-        "params do not belong to this model; differing paths: " +
-        ", ".join("/".join(p) for p in wrong[:20]) + (" ..." if len(wrong) > 20 else ""))
+  flat = checked_flat_params(params, model, "this model")
   sd = {keys_lib.path_to_torch_key(p): keys_lib.flax_to_torch_array(p, np.asarray(v))
         for p, v in flat.items()}
   if include_buffers:

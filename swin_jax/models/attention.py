@@ -106,9 +106,10 @@ class WindowAttention(nn.Module):
     # Attention dropout (0 in every official config) needs the explicit probabilities.
     if self.attention_impl == "dot_product" and not (train and self.attn_drop_rate > 0):
       return self._fused_attention(x, mask, num_windows, train)
-    bnw, n, c = x.shape
-    head_dim = c // self.num_heads
+    bnw, n, _ = x.shape
     qkv = self._qkv(x)
+    c = qkv.shape[-1] // 3   # the attention's width (x may carry more: SkipWindowAttention)
+    head_dim = c // self.num_heads
     # Output rows are [q | k | v], each split into heads of head_dim channels.
     qkv = qkv.reshape(bnw, n, 3, self.num_heads, head_dim).transpose(2, 0, 3, 1, 4)
     q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, N, head_dim)
@@ -140,9 +141,11 @@ class WindowAttention(nn.Module):
     broadcast over the batch, ``(B*nW, heads, N, N)``. V2's per-head temperature scales the
     normalised queries (``scale=1``).
     """
-    bnw, n, c = x.shape
+    bnw, n, _ = x.shape
+    qkv = self._qkv(x)
+    c = qkv.shape[-1] // 3
     head_dim = c // self.num_heads
-    qkv = self._qkv(x).reshape(bnw, n, 3, self.num_heads, head_dim)
+    qkv = qkv.reshape(bnw, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B*nW, N, heads, head_dim)
     if self.version == 1:
       scale = head_dim**-0.5

@@ -1,5 +1,5 @@
-"""Named Swin V1 and V2 variants (timm's names), Swin-Unet, UperNet and the two-stage
-detectors (Mask / Faster R-CNN), with the official hyper-parameters."""
+"""Named Swin V1 and V2 variants (timm's names), Swin-Unet, UperNet, the two-stage
+detectors (Mask / Faster R-CNN), SimMIM and nnFormer, with the official hyper-parameters."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from swin_jax.models.detection.rcnn import FasterRCNN, MaskRCNN
+from swin_jax.models.nnformer import NnFormer
 from swin_jax.models.simmim import SimMIM
 from swin_jax.models.swin import SwinTransformer
 from swin_jax.models.swin_unet import SwinUnet
@@ -142,6 +143,27 @@ SIMMIM_CONFIGS: dict[str, dict[str, Any]] = {
 }
 MODEL_CONFIGS.update(SIMMIM_CONFIGS)
 
+# nnFormer (282857341/nnFormer: the trainers' networks, run/default_configuration.py's
+# crops): depths 2 per stage and drop path 0.2 throughout. Synapse: 13 organs + background,
+# deep supervision; ACDC: 3 cardiac structures, per-axis windows over 14-slice crops; Tumor
+# (MSD BraTS): 4 MR modalities, 3 tumour regions.
+NNFORMER_CONFIGS: dict[str, dict[str, Any]] = {
+    "nnformer_synapse": dict(variant="synapse", crop_size=(64, 128, 128), in_channels=1,
+                             num_classes=14, embed_dim=192, num_heads=(6, 12, 24, 48),
+                             patch_size=(2, 4, 4), window_size=(4, 4, 8, 4),
+                             deep_supervision=True),
+    "nnformer_acdc": dict(variant="acdc", crop_size=(14, 160, 160), in_channels=1,
+                          num_classes=4, embed_dim=96, num_heads=(3, 6, 12, 24),
+                          patch_size=(1, 4, 4),
+                          window_size=((3, 5, 5), (3, 5, 5), (7, 10, 10), (3, 5, 5)),
+                          deep_supervision=False),
+    "nnformer_tumor": dict(variant="tumor", crop_size=(128, 128, 128), in_channels=4,
+                           num_classes=4, embed_dim=96, num_heads=(3, 6, 12, 24),
+                           patch_size=(4, 4, 4), window_size=(4, 4, 8, 4),
+                           deep_supervision=False),
+}
+MODEL_CONFIGS.update(NNFORMER_CONFIGS)
+
 # Task models: a Swin backbone field plus head fields, one flat override namespace.
 _TASK_MODELS = (UperNet, MaskRCNN, FasterRCNN, SimMIM)
 # The dataclass field that holds the Swin (SimMIM's official name is ``encoder``).
@@ -183,12 +205,14 @@ def model_class(name: str) -> type:
     return FasterRCNN
   if name in SIMMIM_CONFIGS:
     return SimMIM
+  if name in NNFORMER_CONFIGS:
+    return NnFormer
   return SwinTransformer
 
 
 def model_classes() -> list[type]:
   """Every model class in the registry (their fields are the possible overrides)."""
-  return [SwinTransformer, SwinUnet, UperNet, MaskRCNN, FasterRCNN, SimMIM]
+  return [SwinTransformer, SwinUnet, UperNet, MaskRCNN, FasterRCNN, SimMIM, NnFormer]
 
 
 def constructor_fields(cls: type) -> dict[str, Any]:
@@ -228,7 +252,7 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
   """A Flax Linen ``SwinTransformer`` (or ``SwinUnet``, ``UperNet``, ``MaskRCNN``,
-  ``FasterRCNN``, ``SimMIM``) for ``name`` (see ``list_models()``).
+  ``FasterRCNN``, ``SimMIM``, ``NnFormer``) for ``name`` (see ``list_models()``).
 
   Overrides are any constructor field, e.g. ``num_classes=21841``, ``img_size=384``,
   ``window_size=12``, ``drop_path_rate=0.1``, ``dtype='bfloat16'``, ``feature_norm=True``,

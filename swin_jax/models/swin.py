@@ -35,7 +35,6 @@ differ, so a dense checkpoint must run in dense mode.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -82,7 +81,9 @@ class SwinTransformerBlock(nn.Module):
   ``window`` and ``shift`` are already clamped for this stage's resolution;
   ``pretrained_window`` (V2) normalises the continuous position bias' coordinates.
   ``pad_before_shift``: pad to the window, then roll (the official dense backbone);
-  otherwise roll, then pad (timm and the classifier).
+  otherwise roll, then pad (timm and the classifier). ``position_index`` picks the bias
+  table's index (``attention.POSITION_INDEXES``); ``mask_shift=False`` attends across the
+  rolled borders unmasked (nnFormer-ACDC's quirk).
   """
   dim: int
   num_heads: int
@@ -98,6 +99,8 @@ class SwinTransformerBlock(nn.Module):
   dtype: Dtype = jnp.float32
   attention_impl: str = "explicit"
   pad_before_shift: bool = False
+  position_index: str = "swin"
+  mask_shift: bool = True
 
   def setup(self):
     if self.version == 1:
@@ -110,7 +113,7 @@ class SwinTransformerBlock(nn.Module):
         self.dim, self.num_heads, self.window, qkv_bias=self.qkv_bias,
         attn_drop_rate=self.attn_drop_rate, proj_drop_rate=self.drop_rate,
         version=self.version, pretrained_window=self.pretrained_window, dtype=self.dtype,
-        attention_impl=self.attention_impl)
+        attention_impl=self.attention_impl, position_index=self.position_index)
     self.drop_path = layers.DropPath(self.drop_path_rate)
     self.norm2 = norm(dtype=self.dtype)
     self.mlp = layers.Mlp(int(self.dim * self.mlp_ratio), self.dim, self.drop_rate, self.dtype)
@@ -118,29 +121,9 @@ class SwinTransformerBlock(nn.Module):
   def window_attention(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     """Shift, pad to the window, attend per window, then undo all three. ``(B, H, W, C)``
     (the window ops are rank-generic: ``(B, *S, C)`` with a window per spatial dim)."""
-    sizes = x.shape[1:-1]
-    shifted = any(self.shift)
-    pads = [window_ops.padding_to_multiple(n, w) for n, w in zip(sizes, self.window)]
-    padded = tuple(n + p for n, p in zip(sizes, pads))
-    crop = (slice(None), *(slice(0, n) for n in sizes), slice(None))
-    # timm pads after the roll and crops before the un-roll; the official dense backbone
-    # rolls the padded map, so its zero rows wrap round to the top-left with the rest.
-    if self.pad_before_shift:
-      x = window_ops.pad_bottom_right(x, *pads)
-    if shifted:
-      x = window_ops.cyclic_shift(x, self.shift)
-    if not self.pad_before_shift:
-      x = window_ops.pad_bottom_right(x, *pads)
-    mask = window_ops.shift_mask(*padded, self.window, self.shift) if shifted else None
-    num_windows = math.prod(n // w for n, w in zip(padded, self.window))
-    windows = window_ops.window_partition(x, self.window)
-    windows = self.attn(windows, mask, num_windows, train)
-    x = window_ops.window_reverse(windows, self.window, *padded)
-    if self.pad_before_shift:
-      x = window_ops.reverse_cyclic_shift(x, self.shift) if shifted else x
-      return x[crop]
-    x = x[crop]
-    return window_ops.reverse_cyclic_shift(x, self.shift) if shifted else x
+    return window_ops.attend_in_windows(
+        x, self.window, self.shift, lambda windows, mask, n: self.attn(windows, mask, n, train),
+        self.pad_before_shift, masked=self.mask_shift)
 
   def __call__(self, x: jnp.ndarray, train: bool = False,
                drop_path_rate: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -201,6 +184,8 @@ class SwinStage(nn.Module):
   remat: str = "none"
   attention_impl: str = "explicit"
   pad_before_shift: bool = False
+  position_index: str = "swin"
+  mask_shift: bool = True
 
   def setup(self):
     block_kwargs = dict(

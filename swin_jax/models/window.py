@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -97,6 +97,41 @@ def pad_bottom_right(x: jnp.ndarray, *pads: int) -> jnp.ndarray:
   if not any(pads):
     return x
   return jnp.pad(x, ((0, 0), *((0, p) for p in pads), (0, 0)))
+
+
+def attend_in_windows(x: jnp.ndarray, window: Sizes, shift: Sizes,
+                      attend: Callable[[jnp.ndarray, np.ndarray | None, int], jnp.ndarray],
+                      pad_before_shift: bool = False, masked: bool = True) -> jnp.ndarray:
+  """Windowed attention's geometry around ``attend``: ``(B, *S, C) -> (B, *S, C')``.
+
+  Shifts by ``shift`` (if any), zero-pads each spatial size to a multiple of ``window``,
+  cuts windows ``(B * nW, N, C)`` and calls ``attend(windows, mask, nW)`` (``mask``: the
+  ``(nW, N, N)`` ``shift_mask`` of the padded grid in a shifted block, else None; None as
+  well with ``masked=False``), which returns ``(B * nW, N, C')``; then undoes all three.
+
+  ``pad_before_shift``: pad, then roll (the official dense backbones and nnFormer: the
+  zero rows wrap round with the rest); otherwise roll, then pad (timm and the classifier).
+  """
+  sizes = x.shape[1:-1]
+  shifted = any(shift)
+  pads = [padding_to_multiple(n, w) for n, w in zip(sizes, window)]
+  padded = tuple(n + p for n, p in zip(sizes, pads))
+  crop = (slice(None), *(slice(0, n) for n in sizes), slice(None))
+  if pad_before_shift:
+    x = pad_bottom_right(x, *pads)
+  if shifted:
+    x = cyclic_shift(x, shift)
+  if not pad_before_shift:
+    x = pad_bottom_right(x, *pads)
+  mask = shift_mask(*padded, window, shift) if shifted and masked else None
+  num_windows = math.prod(n // w for n, w in zip(padded, window))
+  windows = attend(window_partition(x, window), mask, num_windows)
+  x = window_reverse(windows, window, *padded)
+  if pad_before_shift:
+    x = reverse_cyclic_shift(x, shift) if shifted else x
+    return x[crop]
+  x = x[crop]
+  return reverse_cyclic_shift(x, shift) if shifted else x
 
 
 def _window_coords(window: Sizes) -> np.ndarray:
