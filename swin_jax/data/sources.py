@@ -17,6 +17,7 @@ from tensorflow_datasets.core import file_adapters
 from swin_jax.data import demo_dataset
 from swin_jax.data import digit_scenes
 from swin_jax.data import imagenet22k  # noqa: F401  (registers the 'imagenet22k' builder)
+from swin_jax.data import organ_phantoms
 from swin_jax.data import synapse  # noqa: F401  (registers the 'synapse' builder)
 
 README_SECTION = 'README "Preparing ImageNet-1K and ImageNet-22K"'
@@ -49,6 +50,8 @@ def prepared_builder(dataset_config) -> tfds.core.DatasetBuilder:
     demo_dataset.ensure_demo_dataset(data_dir)
   if digit_scenes.is_digit_scenes(name):
     digit_scenes.ensure_for_name(name, data_dir)
+  if organ_phantoms.is_organ_phantoms(name):
+    organ_phantoms.ensure_for_name(name, data_dir)
   try:
     # Constructing a builder only reads metadata; download_and_prepare is never called.
     builder = tfds.builder(name, data_dir=data_dir)

@@ -10,12 +10,14 @@ from swin_jax.tasks.classification import ClassificationTask
 from swin_jax.tasks.detection import DetectionTask
 from swin_jax.tasks.segmentation import SegmentationTask
 from swin_jax.tasks.simmim import SimMIMTask
+from swin_jax.tasks.volume_segmentation import VolumeSegmentationTask
 
 TASKS: dict[str, type[Task]] = {
     ClassificationTask.name: ClassificationTask,
     DetectionTask.name: DetectionTask,
     SegmentationTask.name: SegmentationTask,
     SimMIMTask.name: SimMIMTask,
+    VolumeSegmentationTask.name: VolumeSegmentationTask,
 }
 
 
@@ -32,4 +34,4 @@ def get_task(config) -> Task:
 
 
 __all__ = ["ClassificationTask", "DetectionTask", "Evaluator", "SegmentationTask", "SimMIMTask",
-           "SumEvaluator", "TASKS", "Task", "get_task", "task_class"]
+           "SumEvaluator", "TASKS", "Task", "VolumeSegmentationTask", "get_task", "task_class"]

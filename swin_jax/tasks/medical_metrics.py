@@ -16,6 +16,7 @@ volume are stacked in slice order, and every class 1..K-1 is scored in 3-D per v
 from __future__ import annotations
 
 import collections
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -159,23 +160,39 @@ class VolumeEvaluator(Evaluator):
 
   def per_volume(self) -> dict[int, np.ndarray]:
     """Volume id -> (K-1, 2) array of (dice, hd95) for classes 1..K-1."""
-    scores = {}
-    for volume_id in sorted(self.slices):
-      prediction, label = self.volume(volume_id)
-      scores[volume_id] = np.array(
-          [metric_per_case(prediction == k, label == k, self.voxelspacing)
-           for k in range(1, self.num_classes)], np.float64)
-    return scores
+    return {volume_id: score_volume(*self.volume(volume_id), self.num_classes,
+                                    self.voxelspacing)
+            for volume_id in sorted(self.slices)}
 
   def result(self) -> dict[str, float]:
     """The metrics over every volume added (``{}`` if none was)."""
-    scores = self.per_volume()
-    if not scores:
-      return {}
-    per_class = np.mean(np.stack(list(scores.values())), axis=0)   # (K-1, 2) over volumes
-    metrics = {"eval/mean_dice": float(per_class[:, 0].mean()),
-               "eval/mean_hd95": float(per_class[:, 1].mean())}
-    for k in range(1, self.num_classes):
-      metrics[f"eval/dice/{k}"] = float(per_class[k - 1, 0])
-      metrics[f"eval/hd95/{k}"] = float(per_class[k - 1, 1])
-    return metrics
+    return summarize_volume_scores(list(self.per_volume().values()), self.num_classes)
+
+
+def score_volume(prediction: np.ndarray, label: np.ndarray, num_classes: int,
+                 voxelspacing=None) -> np.ndarray:
+  """``(K-1, 2)`` float64: (dice, hd95) of classes 1..K-1 of one volume
+  (``metric_per_case``)."""
+  return np.array([metric_per_case(prediction == k, label == k, voxelspacing)
+                   for k in range(1, num_classes)], np.float64)
+
+
+def summarize_volume_scores(scores: list[np.ndarray], num_classes: int,
+                            mean_over: Sequence[int] = ()) -> dict[str, float]:
+  """Per-class means over volumes of ``score_volume`` arrays: ``eval/mean_dice``,
+  ``eval/mean_hd95`` (then averaged over classes 1..K-1, as Swin-Unet's ``test.py``, or
+  over the classes ``mean_over``) and ``eval/dice/<k>``, ``eval/hd95/<k>``; ``{}`` without
+  volumes."""
+  if not scores:
+    return {}
+  per_class = np.mean(np.stack(scores), axis=0)   # (K-1, 2) over volumes
+  classes = tuple(mean_over) or tuple(range(1, num_classes))
+  if not all(0 < k < num_classes for k in classes):
+    raise ValueError(f"mean_over classes {classes} must be in 1..{num_classes - 1}")
+  chosen = per_class[[k - 1 for k in classes]]
+  metrics = {"eval/mean_dice": float(chosen[:, 0].mean()),
+             "eval/mean_hd95": float(chosen[:, 1].mean())}
+  for k in range(1, num_classes):
+    metrics[f"eval/dice/{k}"] = float(per_class[k - 1, 0])
+    metrics[f"eval/hd95/{k}"] = float(per_class[k - 1, 1])
+  return metrics

@@ -101,11 +101,14 @@ def base_config(task: str = "classification") -> ConfigDict:
       poly_power=0.9,                # 'poly': lr * (1 - t / T) ** poly_power ('mmcv': to min_lr)
       step_epochs=(),                # 'step': lr * step_gamma at each of these epochs (mmdet
       step_gamma=0.1,                # lr_config step=[8, 11]); floats, in epochs of the run
+      schedule_every_steps=0,        # > 0: the lr changes only every this many updates
+                                     # (nnU-Net sets it once per 250-iteration epoch)
       weight_decay=0.05,
       b1=0.9,
       b2=0.999,
       eps=1e-8,
       momentum=0.9,                  # SGD only (AdamW uses b1/b2)
+      nesterov=False,                # SGD only: torch's nesterov=True (nnU-Net, nnFormer)
       clip_grad_norm=5.0,            # 0 disables
       layer_decay=1.0,               # < 1: layer-wise lr decay (SimMIM fine-tuning)
       # Which params skip weight decay, by official (PyTorch) name, whatever the layout:

@@ -23,7 +23,8 @@ Pieces, each matching the official code (``microsoft/Swin-Transformer``: ``main.
 - optional layer-wise lr decay (SimMIM fine-tuning) and gradient accumulation;
 - ``optimizer.name='sgd'``: torch ``SGD(momentum, weight_decay)`` with the poly schedule, as
   Swin-Unet's ``trainer.py`` trains (coupled L2 decay added to the gradient, masked by the
-  same decay rule, then ``buf = m * buf + g``, ``p -= lr * buf``).
+  same decay rule, then ``buf = m * buf + g``, ``p -= lr * buf``); ``nesterov=True`` and an
+  lr held per epoch (``schedule_every_steps``) as nnU-Net / nnFormer train.
 
 The decay and layer-decay rules work on the official names of the params
 (``param_names``), so they give the same answer for the per-block and the scanned
@@ -210,13 +211,24 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
     raise ValueError(f"optimizer.warmup_mode {mode!r} is not one of {WARMUP_MODES}")
   lr, warmup_lr, min_lr = scaled_learning_rates(opt_cfg, batch_size)
   warmup = warmup_updates(opt_cfg, total_updates, updates_per_epoch, grad_accum_steps)
-  return lr_schedule(opt_cfg.schedule, lr, total_updates, warmup, warmup_lr=warmup_lr,
-                     min_lr=min_lr, warmup_mode=mode,
-                     poly_power=opt_cfg.get("poly_power", 0.9),
-                     warmup_ratio=opt_cfg.get("warmup_ratio", 0.0),
-                     milestones=tuple(int(e * updates_per_epoch)
-                                      for e in opt_cfg.get("step_epochs", ())),
-                     gamma=opt_cfg.get("step_gamma", 0.1))
+  schedule = lr_schedule(opt_cfg.schedule, lr, total_updates, warmup, warmup_lr=warmup_lr,
+                         min_lr=min_lr, warmup_mode=mode,
+                         poly_power=opt_cfg.get("poly_power", 0.9),
+                         warmup_ratio=opt_cfg.get("warmup_ratio", 0.0),
+                         milestones=tuple(int(e * updates_per_epoch)
+                                          for e in opt_cfg.get("step_epochs", ())),
+                         gamma=opt_cfg.get("step_gamma", 0.1))
+  every = int(opt_cfg.get("schedule_every_steps", 0)) // grad_accum_steps
+  return held_schedule(schedule, every) if every > 1 else schedule
+
+
+def held_schedule(schedule: optax.Schedule, every: int) -> optax.Schedule:
+  """``schedule`` evaluated at ``every * floor(t / every)``: the lr is set once per
+  ``every`` updates and held in between (nnU-Net's ``poly_lr(epoch, ...)``, set at the start
+  of each 250-iteration epoch)."""
+  def held(count):
+    return schedule((count // every) * every)
+  return held
 
 
 # ----------------------------------------------------------------------------------------
@@ -397,7 +409,8 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
 
 def build_optimizer(learning_rate: float | optax.Schedule, *, name: str = "adamw",
                     weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999,
-                    eps: float = 1e-8, momentum: float = 0.9, clip_grad_norm: float = 5.0,
+                    eps: float = 1e-8, momentum: float = 0.9, nesterov: bool = False,
+                    clip_grad_norm: float = 5.0,
                     decay_rule: DecayRule | None = None, layer_decay: float = 1.0,
                     grad_accum_steps: int = 1) -> optax.GradientTransformation:
   """The Swin optimizer from plain values (defaults: the official AdamW recipe).
@@ -431,10 +444,11 @@ def build_optimizer(learning_rate: float | optax.Schedule, *, name: str = "adamw
   if name == "sgd":
     # torch.optim.SGD: d_p = g + wd * p (coupled L2, after any clipping, as torch clips
     # .grad before step()), buf = m * buf + d_p (buf = d_p at the first step, which
-    # optax's zero-initialised trace gives), p -= lr * buf. No dampening, no Nesterov.
+    # optax's zero-initialised trace gives), p -= lr * buf. No dampening. With nesterov,
+    # torch's p -= lr * (d_p + m * buf), which is optax's nesterov trace.
     if weight_decay:
       parts.append(optax.add_decayed_weights(weight_decay, mask=mask))
-    parts.append(optax.sgd(learning_rate, momentum=momentum or None))
+    parts.append(optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
   else:
     parts.append(optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                              mask=mask))
@@ -474,6 +488,7 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
                                  grad_accum_steps=k)
   tx = build_optimizer(inner, name=name, weight_decay=opt.weight_decay, b1=opt.b1, b2=opt.b2,
                        eps=opt.eps, momentum=opt.get("momentum", 0.9),
+                       nesterov=bool(opt.get("nesterov", False)),
                        clip_grad_norm=opt.clip_grad_norm, decay_rule=DecayRule.from_config(opt),
                        layer_decay=opt.layer_decay, grad_accum_steps=k)
   return tx, (inner if k == 1 else lambda step: inner(step // k))
