@@ -96,6 +96,8 @@ def _param(path: str, number: int):
 # the abstract check builds at full size and the parity tests run.
 TRAINED_ELSEWHERE = {
     "detection/*": "test_detection_task trains the detection task through this loop",
+    "nnformer/*": "test_volume_segmentation_task trains the demo recipe (tiny nnFormer, "
+                  "organ phantoms) through this loop; the others read data not shipped",
     "simmim/demo.py": "test_simmim_task trains this recipe (tiny encoder) through this loop",
     "simmim/swin_b_192_*": "test_simmim_task (the same task and transforms, at 32 px)",
     "swin_b_22k.py": "swin_b_1k's group (the same tiny Swin V1 run, a 1,000-way head)",

@@ -6,7 +6,8 @@
 The official keys already are the Flax paths by the generic rules of ``keys.py``
 (``model_down.layers.0.blocks.1.attn.qkv.weight`` is ``model_down/layers_0/blocks_1/attn/
 qkv/kernel``, ``decoder.layers.0.Upsample.up.weight`` is ``decoder/layers_0/Upsample/up/
-kernel``; decoder stage i lands on encoder stage i), and Conv3d kernels ``(out, in, kd, kh, kw)`` become ``(kd, kh, kw, in, out)``.
+kernel``; decoder stage i lands on encoder stage i), and Conv3d kernels
+``(out, in, kd, kh, kw)`` become ``(kd, kh, kw, in, out)``.
 What is nnFormer's own:
 
 * its ``ConvTranspose3d`` weights (``Upsample.up``, ``final.i.up``) are stored

@@ -147,18 +147,20 @@ MODEL_CONFIGS.update(SIMMIM_CONFIGS)
 # crops): depths 2 per stage and drop path 0.2 throughout. Synapse: 13 organs + background,
 # deep supervision; ACDC: 3 cardiac structures, per-axis windows over 14-slice crops; Tumor
 # (MSD BraTS): 4 MR modalities, 3 tumour regions.
+_NNFORMER = dict(depths=(2, 2, 2, 2), drop_path_rate=0.2)
 NNFORMER_CONFIGS: dict[str, dict[str, Any]] = {
-    "nnformer_synapse": dict(variant="synapse", crop_size=(64, 128, 128), in_channels=1,
-                             num_classes=14, embed_dim=192, num_heads=(6, 12, 24, 48),
-                             patch_size=(2, 4, 4), window_size=(4, 4, 8, 4),
+    "nnformer_synapse": dict(**_NNFORMER, variant="synapse", crop_size=(64, 128, 128),
+                             in_channels=1, num_classes=14, embed_dim=192,
+                             num_heads=(6, 12, 24, 48), patch_size=(2, 4, 4),
+                             window_size=(4, 4, 8, 4),
                              deep_supervision=True),
-    "nnformer_acdc": dict(variant="acdc", crop_size=(14, 160, 160), in_channels=1,
-                          num_classes=4, embed_dim=96, num_heads=(3, 6, 12, 24),
+    "nnformer_acdc": dict(**_NNFORMER, variant="acdc", crop_size=(14, 160, 160),
+                          in_channels=1, num_classes=4, embed_dim=96, num_heads=(3, 6, 12, 24),
                           patch_size=(1, 4, 4),
                           window_size=((3, 5, 5), (3, 5, 5), (7, 10, 10), (3, 5, 5)),
                           deep_supervision=False),
-    "nnformer_tumor": dict(variant="tumor", crop_size=(128, 128, 128), in_channels=4,
-                           num_classes=4, embed_dim=96, num_heads=(3, 6, 12, 24),
+    "nnformer_tumor": dict(**_NNFORMER, variant="tumor", crop_size=(128, 128, 128),
+                           in_channels=4, num_classes=4, embed_dim=96, num_heads=(3, 6, 12, 24),
                            patch_size=(4, 4, 4), window_size=(4, 4, 8, 4),
                            deep_supervision=False),
 }
