@@ -42,7 +42,8 @@ def prepared_builder(dataset_config) -> tfds.core.DatasetBuilder:
   """The TFDS builder of ``dataset_config.name`` if it is prepared as ArrayRecord.
 
   Builds the embedded datasets (the demo digits, the digit scenes, the organ phantoms) on
-  first use; raises DatasetNotFoundError / DatasetFormatError (with what to do) otherwise. Never downloads or prepares anything.
+  first use; raises DatasetNotFoundError / DatasetFormatError (with what to do) otherwise.
+  Never downloads or prepares anything else.
   """
   name = dataset_config.name
   data_dir = resolve_data_dir(dataset_config.get("data_dir", ""))
