@@ -1,4 +1,5 @@
-"""Predict on one image: a classifier's top classes, a segmentation mask, or detections.
+"""Predict on one image: a classifier's top classes, a segmentation mask, or detections;
+or on one 3-D volume: a volume segmentation.
 
   python -m swin_jax.predict --model swin_tiny_patch4_window7_224 \
       --checkpoint swin_tiny_patch4_window7_224.pth --image cat.jpg
@@ -7,6 +8,9 @@
       [--overlay scene_mask.png --alpha 0.5]                     # a segmentation run
   python -m swin_jax.predict --checkpoint runs/detection_demo --image scene.png \
       [--overlay scene_detections.png --min_score 0.3]           # a detection run
+  python -m swin_jax.predict --checkpoint runs/nnformer_demo --volume eval:0 \
+      [--overlay slices.png --no_mirroring]                      # a 3-D (nnFormer) run
+  python -m swin_jax.predict --checkpoint runs/nnformer_demo --volume ct.nii.gz  # or x.npy
 
 ``--checkpoint`` is a PyTorch file (official/timm/Swin-Unet), a directory written by
 ``python -m swin_jax.convert``, or a swin_jax training run directory (``config.json`` and
@@ -26,6 +30,17 @@ keep-ratio resize to the run's ``task.test_scale``, padded onto its canvas; othe
 checkpoints: (1333, 800) on the model's canvas); the detections, mapped back to the image's
 pixels (masks pasted as mmdet does), are drawn into ``--overlay`` (boxes, ``'<class>
 <score>'`` labels, masks blended) and printed, those scoring at least ``--min_score``.
+
+``--volume`` (instead of ``--image``) takes a ``volume_segmentation`` run dir (nnFormer) and
+one volume: ``eval:N``, the N-th volume of the run's eval split (its label drawn as the
+ground truth, Dice per class printed); a ``.npy`` ``(D, H, W)`` or ``(D, H, W, C)`` array
+taken as already normalised; or a ``.nii``/``.nii.gz`` file (preprocessed with the stored
+plan of the run's ``medical_volumes/...`` dataset, else z-scored). It is labelled by
+nnU-Net's sliding windows (the run's step size, Gaussian weighting, mirroring TTA unless
+``--no_mirroring``); the voxels per class are printed and ``--overlay`` (default
+``<volume stem>_slices.png``, or ``<run>/eval_N_slices.png``) gets axial, coronal and
+sagittal slices through the predicted foreground's centre with the classes blended in the
+colours above (``swin_jax.predict_volume``, ``swin_jax.visualize.volume_slices``).
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -58,13 +74,18 @@ flags.DEFINE_string("image", "chelsea", "Image path, or a bundled scikit-image n
                     f"({', '.join(images.BUNDLED_IMAGES)}).")
 flags.DEFINE_integer("num_classes", None, "Override the head size (e.g. 21841 for 22K).")
 flags.DEFINE_integer("top", 5, "How many classes to print.")
-flags.DEFINE_string("overlay", None, "Segmentation and detection: the PNG to write (default "
-                    "<image name>_segmentation.png / _detections.png in the current "
-                    "directory).")
-flags.DEFINE_float("alpha", 0.5, "Segmentation / detection overlay: opacity of the class "
-                   "colours, 0..1.")
+flags.DEFINE_string("overlay", None, "Segmentation, detection and volumes: the PNG to write "
+                    "(default <image name>_segmentation.png / _detections.png in the current "
+                    "directory; <volume stem>_slices.png, or <run>/eval_N_slices.png).")
+flags.DEFINE_float("alpha", 0.5, "Segmentation / detection / volume overlay: opacity of the "
+                   "class colours, 0..1.")
 flags.DEFINE_float("min_score", 0.3, "Detection: draw and list detections scoring at least "
                    "this (the model keeps those above its own 0.05).")
+flags.DEFINE_string("volume", None, "A 3-D volume for a volume_segmentation run (instead of "
+                    "--image): eval:N (the run's N-th eval volume), a .npy (D, H, W[, C]) "
+                    "array, already normalised, or a .nii/.nii.gz file.")
+flags.DEFINE_bool("no_mirroring", False, "--volume: skip the mirroring test-time "
+                  "augmentation (the run's task.eval.mirror_axes).")
 flags.DEFINE_enum("normalize", None, ["imagenet", "none"], "Segmentation input: ImageNet "
                   "mean/std after scaling to [0, 1], or [0, 1] only. Default: what the "
                   "run trained with; 'imagenet' for other checkpoints.")
@@ -88,6 +109,11 @@ class Loaded:
 def is_run_dir(path: str | None) -> bool:
   from swin_jax.train import init_from  # pylint: disable=import-outside-toplevel
   return bool(path) and os.path.isfile(os.path.join(path, init_from.RUN_CONFIG_FILE))
+
+
+def _run_task(path: str) -> str | None:
+  from swin_jax.train import init_from  # pylint: disable=import-outside-toplevel
+  return init_from.run_config(path).get("task", {}).get("name")
 
 
 def load(name: str, checkpoint: str | None, **overrides) -> Loaded:
@@ -349,6 +375,17 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)
   if not 0.0 <= FLAGS.alpha <= 1.0:
     raise app.UsageError(f"--alpha must be in [0, 1], got {FLAGS.alpha}")
+  if FLAGS.volume is not None:
+    if FLAGS["image"].present:
+      raise app.UsageError("give --image or --volume, not both")
+    from swin_jax import predict_volume  # pylint: disable=import-outside-toplevel
+    predict_volume.run(FLAGS.checkpoint, FLAGS.volume, overlay_path=FLAGS.overlay,
+                       alpha=FLAGS.alpha, mirroring=not FLAGS.no_mirroring,
+                       predict=sys.modules[__name__])
+    return
+  if is_run_dir(FLAGS.checkpoint) and _run_task(FLAGS.checkpoint) == "volume_segmentation":
+    raise app.UsageError(f"{FLAGS.checkpoint} is a 3-D volume_segmentation run: give "
+                         "--volume (eval:N, a .npy array or a .nii/.nii.gz file)")
   overrides = {"num_classes": FLAGS.num_classes} if FLAGS.num_classes else {}
   image = load_input_image(FLAGS.image)  # before the weights: a wrong path fails at once
   loaded = load(FLAGS.model, FLAGS.checkpoint, **overrides)

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-
 import jax
 import numpy as np
 import optax
 import pytest
 
 from swin_jax.train import optimizer as opt_lib
-from swin_jax.train import config as config_lib
-
-
-def load(name: str):
-  config = importlib.import_module(f"configs.nnformer.{name}").get_config()
-  config_lib.validate_config(config)
-  return config
+from nnformer_runs import load
 
 
 @pytest.mark.parametrize("name,batch,classes", [("synapse", 2, 14), ("acdc", 4, 4),

@@ -15,41 +15,20 @@ from swin_jax.tasks import medical_metrics
 from swin_jax.tasks import volume_inference
 from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import loop
+from nnformer_runs import GROUP, SIZE, load, tiny_config
 from train_runs import REPO, compilation_cache_dir, persistent_compilation_cache, train_losses
-from test_nnformer_recipe import load
 
-# 20 x 40 x 40 volumes and the Synapse network at width 8 on 16 x 32 x 32 crops (the
-# smallest whose four stages halve exactly: 8^3, 4^3, 2^3, 1 tokens), 8 windows a volume.
-SIZE = (20, 40, 40)
-TINY_MODEL = dict(crop_size=(16, 32, 32), embed_dim=8, num_heads=(1, 1, 2, 2),
-                  drop_path_rate=0.1)
+pytestmark = pytest.mark.xdist_group(GROUP)
 
 
-def tiny_config(data_dir: str, **overrides):
-  config = load("demo")
-  config.dataset.name = organ_phantoms.dataset_name(size=SIZE, num_train=4, num_test=2)
-  config.dataset.data_dir = data_dir
-  config.dataset.read_threads = 1
-  config.model.overrides.update(TINY_MODEL)
-  config.batch_size = config.eval_batch_size = 2
-  config.optimizer.schedule_every_steps = 2
-  config.update(dict(total_steps=4, log_every_steps=1, checkpoint_every_steps=2,
-                     mesh_shape=(2, 1)))
-  config.update(overrides)
-  return config
+@pytest.fixture(name="data_dir")
+def _data_dir(nnformer_data_dir):
+  return nnformer_data_dir
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("nnformer_run"))
-  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
-    result = loop.train_and_evaluate(tiny_config(data_dir), workdir)
-  return workdir, result
+@pytest.fixture(name="tiny_run")
+def _tiny_run(nnformer_tiny_run):
+  return nnformer_tiny_run
 
 
 def test_tiny_nnformer_trains_and_scores_the_test_volumes(tiny_run):
