@@ -41,6 +41,18 @@ softmax Dice on random masks, SGD (momentum 0.9, weight decay 1e-4, no clipping;
 segmentation task and ``make_optimizer``, ``torch.optim.SGD``). Their MACs have no
 official-formula count (``analytic_macs`` covers the classifier only).
 
+nnFormer rows (``nnformer_synapse``, ``nnformer_acdc``, ``nnformer_tumor``) take volumes of the
+model's crop ``(B, D, H, W, C)`` (``--img_size`` does not apply: the network is built for its
+crop; img/s are volumes/s). Forward: eval-mode logits. Train: nnU-Net v1's step on both sides,
+Dice + CE over the deep-supervision outputs (weights 4/7, 2/7, 1/7) against nnU-Net's
+downsampled random labels (swin_jax's ``volume_segmentation`` task;
+``torch_nnformer.official_loss``), SGD lr 1e-2, momentum 0.99, Nesterov, weight decay 3e-5,
+gradients clipped to norm 12 (``configs/nnformer/common.py``); ACDC and Tumor have one
+output, so one term. The PyTorch side is the official network rebuilt
+(``swin_jax.oracles.torch_nnformer.build_like``), ``do_ds`` off in eval and on in training,
+as nnU-Net's trainer sets it. No scan or remat options (the ``options`` column shows what
+applies); no official-formula MACs.
+
 Timings are medians over ``--repeats`` runs after ``--warmup`` runs. Each (framework, model,
 batch) runs in its own worker process (unless ``--no_isolate``), so RSS peaks are not
 mixed up and torch/JAX never share a process.
@@ -81,6 +93,7 @@ PAPER_GMACS = {
 }
 
 MB = 1024.0 * 1024.0
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}  # the untimed params init
 TORCH_SIDE = ("timm", "torch")  # --vs values: both measure the PyTorch model
 
 
@@ -96,30 +109,75 @@ def is_simmim(model: Any) -> bool:
   return isinstance(model, SimMIM)
 
 
+def is_nnformer(model: Any) -> bool:
+  """Whether ``model`` is an nnFormer (3D volumes of a fixed crop, voxel labels)."""
+  from swin_jax.models.nnformer import NnFormer  # pylint: disable=import-outside-toplevel
+  return isinstance(model, NnFormer)
+
+
+def is_dense(model: Any) -> bool:
+  """Whether ``model`` labels every pixel / voxel (Swin-Unet, nnFormer)."""
+  return is_swin_unet(model) or is_nnformer(model)
+
+
+def train_task(model: Any) -> str:
+  """The swin_jax task whose loss the bench's train step runs for ``model``."""
+  if is_simmim(model):
+    return "simmim"
+  if is_nnformer(model):
+    return "volume_segmentation"
+  return "segmentation" if is_swin_unet(model) else "classification"
+
+
 def the_swin(model: Any) -> Any:
   """The module holding the image geometry and layout options (SimMIM's encoder)."""
   return model.encoder if is_simmim(model) else model
 
 
+def is_scanned(model: Any) -> bool:
+  """Whether ``model`` runs its blocks under ``nn.scan`` (nnFormer never does)."""
+  return bool(getattr(the_swin(model), "scan_blocks", False))
+
+
+def input_size(model: Any, img_size: int | Sequence[int] | None = None) -> tuple[int, ...]:
+  """The spatial input size: ``(H, W)`` (``img_size``, else the model's), or an nnFormer's
+  crop ``(D, H, W)``, which ``img_size`` cannot change (a ValueError unless it is the crop)."""
+  if is_nnformer(model):
+    if img_size is not None and (isinstance(img_size, int) or
+                                 tuple(img_size) != tuple(model.crop_size)):
+      raise ValueError(f"--img_size does not apply to nnFormer-{model.variant}: it is built for "
+                       f"volumes of its crop {'x'.join(map(str, model.crop_size))}")
+    return tuple(int(s) for s in model.crop_size)
+  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
+  return window_ops.to_pair(the_swin(model).img_size if img_size is None else img_size)
+
+
+def in_channels(model: Any) -> int:
+  return model.in_channels if is_nnformer(model) else the_swin(model).in_chans
+
+
 def without_scan(model: Any) -> Any:
   """The unscanned twin of ``model`` (its MACs: XLA counts a scan's body once)."""
+  if not is_scanned(model):
+    return model
   if is_simmim(model):
     return model.clone(encoder=model.encoder.clone(scan_blocks=False))
   return model.clone(scan_blocks=False)
 
 
-def model_inputs(model: Any, batch: int, hw: tuple[int, int], seed: int = 0) -> tuple[Any, ...]:
-  """``model.apply``'s inputs for a batch: ``(images,)``, and for SimMIM ``(images, masks)``
-  with the official masks (32 px cells, ratio 0.6) at the encoder's patch size."""
+def model_inputs(model: Any, batch: int, size: Sequence[int], seed: int = 0) -> tuple[Any, ...]:
+  """``model.apply``'s inputs for a batch of spatial ``size`` (``input_size``): ``(images,)``
+  (volumes for nnFormer), and for SimMIM ``(images, masks)`` with the official masks (32 px
+  cells, ratio 0.6) at the encoder's patch size."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  swin = the_swin(model)
-  images = jax.random.normal(jax.random.PRNGKey(seed), (batch, *hw, swin.in_chans), jnp.float32)
+  images = jax.random.normal(jax.random.PRNGKey(seed), (batch, *size, in_channels(model)),
+                             jnp.float32)
   if not is_simmim(model):
     return (images,)
   from swin_jax.data.simmim_mask import MaskGenerator  # pylint: disable=import-outside-toplevel
-  masks = MaskGenerator(input_size=hw[0], model_patch_size=swin.patch_size).batch(
+  masks = MaskGenerator(input_size=size[0], model_patch_size=the_swin(model).patch_size).batch(
       np.random.default_rng(seed), batch)
   return images, jnp.asarray(masks)
 
@@ -250,9 +308,9 @@ def _macs_dict(cost: dict[str, float], matmul_macs: int, analytic: dict[str, flo
 
 
 def _analytic(model: Any, hw: tuple[int, int]) -> dict[str, float] | None:
-  """The official-formula count of a classifier; None for Swin-Unet and SimMIM (not
-  modelled)."""
-  return None if is_swin_unet(model) or is_simmim(model) else analytic_macs(model, hw)
+  """The official-formula count of a classifier; None for Swin-Unet, nnFormer and SimMIM
+  (not modelled)."""
+  return None if train_task(model) != "classification" else analytic_macs(model, hw)
 
 
 def _paper(name: str, model: Any, hw: tuple[int, int]) -> float | None:
@@ -272,19 +330,17 @@ def forward_macs(model: Any, batch: int = 1, img_size: int | Sequence[int] | Non
   Counted on the unscanned model: XLA's cost analysis sees a scan's loop body once.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
   model = without_scan(model)
-  h, w = window_ops.to_pair(the_swin(model).img_size if img_size is None else img_size)
-  inputs = jax.eval_shape(lambda: model_inputs(model, batch, (h, w)))
+  size = input_size(model, img_size)
+  inputs = jax.eval_shape(lambda: model_inputs(model, batch, size))
   params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             *model_inputs(model, 1, (h, w))))["params"]
+                                             *model_inputs(model, 1, size)))["params"]
   lowered = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs, train=False)).lower(
       params, *inputs)
   compiled = lowered.compile()
   return _macs_dict(_cost(compiled), stablehlo_matmul_macs(lowered.as_text()),
-                    _analytic(model, (h, w)), batch, _paper(name, model, (h, w)))
+                    _analytic(model, size), batch, _paper(name, model, size))
 
 
 def _memory(compiled: Any) -> dict[str, Any]:
@@ -336,8 +392,8 @@ def _summary(times: list[float], batch: int) -> dict[str, Any]:
 
 
 def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, warmup: int = 2,
-                iters: int = 1, skip_train: bool = False, img_size: int | None = None,
-                seed: int = 0) -> dict[str, Any]:
+                iters: int = 1, skip_train: bool = False,
+                img_size: int | Sequence[int] | None = None, seed: int = 0) -> dict[str, Any]:
   """All swin_jax figures for one model object and batch (see the module docstring)."""
   import functools  # pylint: disable=import-outside-toplevel
 
@@ -346,27 +402,31 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
 
   from swin_jax import tasks  # pylint: disable=import-outside-toplevel
   from swin_jax.models import scan_layout  # pylint: disable=import-outside-toplevel
-  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
   from swin_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
 
   swin = the_swin(model)
-  h, w = window_ops.to_pair(swin.img_size if img_size is None else img_size)
+  size = input_size(model, img_size)
   rss_start = _rss_mb()
   rng = jax.random.PRNGKey(seed)
-  inputs = model_inputs(model, batch, (h, w), seed)
+  inputs = model_inputs(model, batch, size, seed)
   images = inputs[0]
-  dense = is_swin_unet(model)
-  pretrain = is_simmim(model)
-  # A class per image, or per pixel for Swin-Unet; SimMIM's target is the image itself.
+  task_name = train_task(model)
+  dense = is_dense(model)
+  pretrain = task_name == "simmim"
+  # A class per image, or per pixel / voxel for Swin-Unet / nnFormer; SimMIM's target is the
+  # image itself.
   num_classes = 1 if pretrain else max(model.num_classes, 1)
-  label_shape = (batch, h, w) if dense else (batch,)
+  label_shape = (batch, *size) if dense else (batch,)
   labels = jax.random.randint(rng, label_shape, 0, num_classes)
-  params = jax.jit(lambda r: model.init(r, *[x[:1] for x in inputs], train=False)["params"])(
-      rng)
+  # Random params, untimed: the init program is compiled at XLA's lowest backend optimisation
+  # level (nnFormer's init, one RNG draw per param, otherwise compiles for minutes on CPU).
+  init = jax.jit(lambda r: model.init(r, *[x[:1] for x in inputs], train=False)["params"])
+  params = init.lower(rng).compile(INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu"
+                                   else None)(rng)
   num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-  res: dict[str, Any] = dict(num_params=num_params, img_size=[h, w])
+  res: dict[str, Any] = dict(num_params=num_params, img_size=list(size))
 
   # Forward.
   forward = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs, train=False))
@@ -384,16 +444,15 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   times = _timings(run_forward, warmup, repeats, iters)
   res["forward"] = dict(**_summary(times, batch), compile_s=compile_s, first_call_s=first_call_s,
                         xla_memory=_memory(compiled), rss_peak_mb=_maxrss_mb())
-  if swin.scan_blocks:  # counted on the unscanned twin, see forward_macs
-    res["macs"] = forward_macs(model, batch, (h, w), name)
+  if is_scanned(model):  # counted on the unscanned twin, see forward_macs
+    res["macs"] = forward_macs(model, batch, size, name)
   else:
     res["macs"] = _macs_dict(_cost(compiled), stablehlo_matmul_macs(lowered.as_text()),
-                            _analytic(model, (h, w)), batch, _paper(name, model, (h, w)))
+                            _analytic(model, size), batch, _paper(name, model, size))
 
   # Train step: the real one, the optimizer from the recipe's optimizer code.
   if not skip_train:
-    config = _train_config("simmim" if pretrain else "segmentation" if dense else
-                           "classification", name, batch, h, num_classes)
+    config = _train_config(task_name, name, batch, size[0], num_classes)
     tx, schedule = optimizer_lib.make_optimizer(config, total_steps=10_000,
                                                 steps_per_epoch=1_000)
     task = tasks.get_task(config)
@@ -408,8 +467,8 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
     start = time.perf_counter()
     compiled_train = jitted_train_step(model).lower(state, batch_data).compile()
     train_compile_s = time.perf_counter() - start
-    if swin.scan_blocks:  # the unscanned twin, compiled only for its cost analysis
-      if dense:
+    if is_scanned(model):  # the unscanned twin, compiled only for its cost analysis
+      if is_swin_unet(model):
         from swin_jax.convert import swin_unet  # pylint: disable=import-outside-toplevel
         twin_params = swin_unet.unstack_scanned(params, model)
       elif pretrain:
@@ -441,26 +500,38 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
   return res
 
 
+# The official SGD of the dense models' trainers, on both sides of their rows (torch's lr is
+# ``base_lr``; swin_jax scales it by batch / reference_batch_size, None: the batch).
+# Swin-Unet: trainer.py. nnFormer: nnUNetTrainerV2 (configs/nnformer/common.py).
+DENSE_SGD = {
+    "segmentation": dict(base_lr=0.05, reference_batch_size=24, momentum=0.9, nesterov=False,
+                         weight_decay=1e-4, clip_grad_norm=0.0),
+    "volume_segmentation": dict(base_lr=1e-2, reference_batch_size=None, momentum=0.99,
+                                nesterov=True, weight_decay=3e-5, clip_grad_norm=12.0),
+}
+
+
 def _train_config(task: str, name: str, batch: int, size: int, num_classes: int) -> Any:
   """The run config of the measured train step.
 
   Classifiers: ``base_config()`` (AdamW, clipping 5, no-decay mask), mixup off. Swin-Unet:
   the segmentation task (0.4 CE + 0.6 Dice) with the official ``trainer.py`` optimizer, SGD
-  momentum 0.9 and weight decay 1e-4 on every param, no clipping. SimMIM: its task (masked
-  L1) with the same AdamW (the pretraining recipe's: clipping 5, mask token not decayed).
+  momentum 0.9 and weight decay 1e-4 on every param, no clipping. nnFormer: the
+  volume_segmentation task (nnU-Net's Dice + CE over the deep-supervision outputs) with
+  nnU-Net's SGD (``DENSE_SGD``). SimMIM: its task (masked L1) with the same AdamW (the
+  pretraining recipe's: clipping 5, mask token not decayed).
   """
   from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
-  dense = task == "segmentation"
   config = config_lib.base_config(task)
   config.batch_size = batch
   config.optimizer.warmup_epochs = 1.0
   config.dataset.num_classes = num_classes
   config.dataset.image_size = size
-  if dense:
-    config.optimizer.update(dict(name="sgd", momentum=0.9, weight_decay=1e-4, base_lr=0.05,
-                                 reference_batch_size=24, schedule="poly", warmup_epochs=0.0,
-                                 clip_grad_norm=0.0, no_decay_1d_and_bias=False,
-                                 no_decay_keywords=()))
+  if task in DENSE_SGD:
+    sgd = dict(DENSE_SGD[task])
+    sgd["reference_batch_size"] = sgd["reference_batch_size"] or batch
+    config.optimizer.update(dict(name="sgd", schedule="poly", warmup_epochs=0.0,
+                                 no_decay_1d_and_bias=False, no_decay_keywords=(), **sgd))
   elif task == "classification":
     config.task.mixup.mixup_alpha = 0.0
     config.task.mixup.cutmix_alpha = 0.0
@@ -470,7 +541,7 @@ def _train_config(task: str, name: str, batch: int, size: int, num_classes: int)
 
 
 # ----------------------------------------------------------------------------------------
-# PyTorch: timm's classifiers, the Swin-Unet reference.
+# PyTorch: timm's classifiers, the Swin-Unet and nnFormer references.
 
 
 def measure_timm(name: str, batch: int, *, dtype: str = "float32", repeats: int = 5,
@@ -503,40 +574,58 @@ def measure_timm(name: str, batch: int, *, dtype: str = "float32", repeats: int 
   return dict(res, reference=f"timm.create_model({name!r})", rss_start_mb=rss_start)
 
 
-def measure_torch_swin_unet(model: Any, batch: int, *, dtype: str = "float32",
-                            repeats: int = 5, warmup: int = 2, iters: int = 1,
-                            skip_train: bool = False, lr: float = 0.05,
-                            seed: int = 0) -> dict[str, Any]:
-  """The PyTorch Swin-Unet reference's figures, as ``measure_timm``: forward, and the
-  official ``trainer.py`` step (0.4 CE + 0.6 Dice, backward, SGD momentum 0.9 wd 1e-4).
+def _torch_reference(model: Any) -> tuple[Any, Any, str]:
+  """``(network, loss_fn, description)``: the PyTorch reference of a dense swin_jax model
+  (its fields; no params are used) and its official train loss."""
+  if is_nnformer(model):
+    from swin_jax.oracles import torch_nnformer  # pylint: disable=import-outside-toplevel
+    return (torch_nnformer.build_like(model), torch_nnformer.official_loss,
+            "swin_jax.oracles.torch_nnformer (the official network rebuilt)")
+  from swin_jax.oracles import torch_swin_unet  # pylint: disable=import-outside-toplevel
+  return (torch_swin_unet.build(torch_swin_unet.official_config(model)),
+          torch_swin_unet.official_loss, "swin_jax.oracles.torch_swin_unet (timm blocks)")
 
-  ``model``: the swin_jax ``SwinUnet`` to mirror (its fields; no params are used).
+
+def measure_torch_reference(model: Any, batch: int, *, dtype: str = "float32",
+                            repeats: int = 5, warmup: int = 2, iters: int = 1,
+                            skip_train: bool = False, seed: int = 0) -> dict[str, Any]:
+  """The PyTorch reference of a Swin-Unet or nnFormer, as ``measure_timm``: forward, and the
+  official train step (the loss of ``_torch_reference``, backward, ``DENSE_SGD``'s SGD).
+
+  ``model``: the swin_jax model to mirror (its fields and input size; no params are used).
+  An nnFormer's ``do_ds`` is off in eval and on in training (where it has deep supervision),
+  as nnU-Net's trainer sets it.
   """
   import torch  # pylint: disable=import-outside-toplevel
 
-  from swin_jax.oracles import torch_swin_unet  # pylint: disable=import-outside-toplevel
-
   torch.manual_seed(seed)
   rss_start = _rss_mb()
-  ref_config = torch_swin_unet.official_config(model)
-  reference = torch_swin_unet.build(ref_config)
-  size = ref_config["img_size"]
-  images = torch.randn(batch, 3, size, size)
-  labels = torch.randint(0, ref_config["num_classes"], (batch, size, size))
-  res = _measure_torch(reference, images, labels, torch_swin_unet.official_loss,
-                       lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9,
-                                                      weight_decay=1e-4),
-                       dtype=dtype, repeats=repeats, warmup=warmup, iters=iters,
-                       skip_train=skip_train)
-  return dict(res, reference="swin_jax.oracles.torch_swin_unet (timm blocks)",
-              rss_start_mb=rss_start)
+  reference, loss_fn, description = _torch_reference(model)
+  size = input_size(model)
+  images = torch.randn(batch, in_channels(model), *size)
+  labels = torch.randint(0, model.num_classes, (batch, *size))
+  sgd = DENSE_SGD[train_task(model)]
+  set_mode = None
+  if is_nnformer(model):
+    def set_mode(train: bool) -> None:
+      reference.do_ds = train and model.deep_supervision
+
+  res = _measure_torch(reference, images, labels, loss_fn,
+                       lambda params: torch.optim.SGD(params, lr=sgd["base_lr"],
+                                                      momentum=sgd["momentum"],
+                                                      nesterov=sgd["nesterov"],
+                                                      weight_decay=sgd["weight_decay"]),
+                       clip_grad_norm=sgd["clip_grad_norm"], set_mode=set_mode, dtype=dtype,
+                       repeats=repeats, warmup=warmup, iters=iters, skip_train=skip_train)
+  return dict(res, reference=description, rss_start_mb=rss_start)
 
 
 def _measure_torch(model: Any, images: Any, labels: Any, loss_fn: Any, make_optimizer: Any, *,
-                   dtype: str, repeats: int, warmup: int, iters: int,
-                   skip_train: bool) -> dict[str, Any]:
-  """Forward (eval, no_grad) and train-step (train, loss, backward, optimizer step) figures
-  of an eager PyTorch ``model`` on NCHW ``images``."""
+                   dtype: str, repeats: int, warmup: int, iters: int, skip_train: bool,
+                   clip_grad_norm: float = 0.0, set_mode: Any = None) -> dict[str, Any]:
+  """Forward (eval, no_grad) and train-step (train, loss, backward, [gradient clipping,]
+  optimizer step) figures of an eager PyTorch ``model`` on NC(D)HW ``images``.
+  ``set_mode(train)``: called after ``model.eval()`` / ``model.train()``."""
   import contextlib  # pylint: disable=import-outside-toplevel
 
   import torch  # pylint: disable=import-outside-toplevel
@@ -548,6 +637,8 @@ def _measure_torch(model: Any, images: Any, labels: Any, loss_fn: Any, make_opti
                              img_size=list(images.shape[2:]))
 
   model.eval()
+  if set_mode:
+    set_mode(False)
 
   def run_forward():
     with torch.no_grad(), autocast():
@@ -562,6 +653,8 @@ def _measure_torch(model: Any, images: Any, labels: Any, loss_fn: Any, make_opti
 
   if not skip_train:
     model.train()
+    if set_mode:
+      set_mode(True)
     opt = make_optimizer(model.parameters())
     last = {}
 
@@ -570,6 +663,8 @@ def _measure_torch(model: Any, images: Any, labels: Any, loss_fn: Any, make_opti
       with autocast():
         loss = loss_fn(model(images), labels)
       loss.backward()
+      if clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
       opt.step()
       last["loss"] = loss.detach()
 
@@ -637,19 +732,34 @@ def environment(framework: str, threads: int) -> dict[str, Any]:
 # One job (framework, model, batch), in-process or in a worker.
 
 
-def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
-  """swin_jax model fields set by the command line (dtype, size, performance options)."""
-  overrides = dict(dtype=args.dtype, scan_blocks=args.scan_blocks == "on", remat=args.remat,
-                   attention_impl=args.attention_impl)
+def _nnformer_name(name: str) -> bool:
+  from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
+  from swin_jax.models.nnformer import NnFormer  # pylint: disable=import-outside-toplevel
+  return bool(name) and registry.model_class(name) is NnFormer
+
+
+def model_overrides(args: argparse.Namespace, name: str = "") -> dict[str, Any]:
+  """swin_jax model fields set by the command line (dtype, size, performance options) for
+  model ``name``. nnFormer takes dtype and attention_impl only: it has no scan or remat, and
+  its input is its crop (``--img_size``: a ValueError)."""
+  overrides = dict(dtype=args.dtype, attention_impl=args.attention_impl)
+  if _nnformer_name(name):
+    if args.img_size:
+      raise ValueError(f"--img_size does not apply to {name}: nnFormer is built for volumes of "
+                       "its crop_size (D, H, W); bench it without --img_size")
+    return overrides
+  overrides.update(scan_blocks=args.scan_blocks == "on", remat=args.remat)
   if args.img_size:
     overrides["img_size"] = args.img_size
   return overrides
 
 
-def options_label(args: dict[str, Any]) -> str:
-  """``'scan'``, ``'scan, remat=dots'``, ``'-'``: the model options of a report's rows."""
-  parts = (["scan"] if args.get("scan_blocks", "off") == "on" else [])
-  if args.get("remat", "none") != "none":
+def options_label(args: dict[str, Any], name: str = "") -> str:
+  """``'scan'``, ``'scan, remat=dots'``, ``'-'``: the model options of a report's rows (of
+  model ``name``: nnFormer has no scan or remat)."""
+  nnformer = _nnformer_name(name)
+  parts = (["scan"] if args.get("scan_blocks", "off") == "on" and not nnformer else [])
+  if args.get("remat", "none") != "none" and not nnformer:
     parts.append(f"remat={args['remat']}")
   if args.get("attention_impl", "explicit") != "explicit":
     parts.append(args["attention_impl"])
@@ -657,27 +767,23 @@ def options_label(args: dict[str, Any]) -> str:
 
 
 def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+  from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
   threads = set_threads(args.threads)
   common = dict(repeats=args.repeats, warmup=args.warmup, iters=args.iters,
                 skip_train=args.skip_train, img_size=args.img_size)
+  name = registry.resolve_name(name)
+  # The swin_jax model as measured (on the PyTorch side, the fields its reference mirrors).
+  model = registry.create_model(name, **model_overrides(args, name))
   if framework == "swin_jax":
-    from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
-    name = registry.resolve_name(name)
-    model = registry.create_model(name, **model_overrides(args))
     result = measure_jax(model, batch, name=name, **common)
-  elif framework == "timm":  # the PyTorch side: timm, or the Swin-Unet reference
+  elif framework == "timm":  # the PyTorch side: timm, or the Swin-Unet / nnFormer reference
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
-    from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
-    from swin_jax.models.simmim import SimMIM  # pylint: disable=import-outside-toplevel
-    from swin_jax.models.swin_unet import SwinUnet  # pylint: disable=import-outside-toplevel
-    name = registry.resolve_name(name)
-    if registry.model_class(name) is SimMIM:
+    if is_simmim(model):
       raise ValueError(f"{name}: bench has no PyTorch SimMIM model; measure it without --vs")
-    if registry.model_class(name) is SwinUnet:
-      # The swin_jax model's fields, class defaults included, at this run's size.
-      model = registry.create_model(name, img_size=common.pop("img_size"))
-      result = measure_torch_swin_unet(model, batch, dtype=args.dtype, **common)
+    if is_dense(model):
+      common.pop("img_size")  # in the model already
+      result = measure_torch_reference(model, batch, dtype=args.dtype, **common)
     else:
       result = measure_timm(name, batch, dtype=args.dtype, **common)
   else:
@@ -748,7 +854,8 @@ def format_table(report: dict[str, Any]) -> str:
            if any(k in row.get("swin_jax", {}) for k in ("forward", "error"))]
   for row in timed:
     j = row.get("swin_jax", {})
-    cells = [row["model"], str(row["batch"]), row["dtype"], options_label(report["args"])]
+    cells = [row["model"], str(row["batch"]), row["dtype"],
+             row.get("options") or options_label(report["args"])]
     if "error" in j:
       cells += ["error"] * (len(head) - 4 - (5 if vs else 0))
     else:
@@ -840,13 +947,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   p.add_argument("--attention_impl", default="explicit", choices=("explicit", "dot_product"),
                  help="swin_jax: einsum attention or jax.nn.dot_product_attention")
   p.add_argument("--img_size", type=int, default=0, help="build both models for this input "
-                 "size (0: the model's own); window clamps follow it, as in timm")
+                 "size (0: the model's own); window clamps follow it, as in timm. Not for "
+                 "nnFormer (its crop is its input)")
   p.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported")
   p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first call")
   p.add_argument("--iters", type=int, default=1, help="calls per timed run")
   p.add_argument("--vs", choices=TORCH_SIDE, default=None, help="also measure the PyTorch "
                  "model (same meaning for both values): timm's for the classifiers, the "
-                 "timm-assembled reference for Swin-Unet")
+                 "timm-assembled reference for Swin-Unet, the official network rebuilt for "
+                 "nnFormer")
   p.add_argument("--threads", type=int, default=0, help="CPUs for both frameworks (process "
                  "affinity; torch.set_num_threads); 0 = all usable CPUs")
   p.add_argument("--skip_train", action="store_true", help="forward only")
@@ -872,7 +981,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
   from swin_jax.models import registry  # pylint: disable=import-outside-toplevel
-  from swin_jax.models import window as window_ops  # pylint: disable=import-outside-toplevel
   frameworks = ["swin_jax"] + (["timm"] if args.vs in TORCH_SIDE and not args.macs_only else [])
   report: dict[str, Any] = dict(
       meta=dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -883,11 +991,16 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
           timing="median of --repeats timed runs after one first call and --warmup runs; "
                  "each run blocks on the result",
           forward="jax: jit(model.apply(train=False)); timm (the PyTorch side: timm, or "
-                  "the Swin-Unet reference): eval() under torch.no_grad()",
+                  "the Swin-Unet / nnFormer reference): eval() under torch.no_grad() "
+                  "(nnFormer: do_ds off)",
           train="jax: swin_jax.train.step.train_step (AdamW, clip 5, no-decay mask, mixup "
                 "off, drop path on, state donated); timm: train(), CrossEntropyLoss, "
                 "backward, torch.optim.AdamW.step. Swin-Unet, both sides: 0.4 CE + 0.6 "
-                "softmax Dice, SGD momentum 0.9 wd 1e-4, no clipping, drop path on",
+                "softmax Dice, SGD momentum 0.9 wd 1e-4, no clipping, drop path on. "
+                "nnFormer, both sides: nnU-Net's Dice + CE over the deep-supervision "
+                "outputs (weights 1/2**i normalised, downsampled random labels), SGD lr "
+                "1e-2 momentum 0.99 Nesterov wd 3e-5, clip 12, drop path on; img/s = "
+                "volumes/s",
           compile_s="wall time of jax.jit(f).lower(...).compile()",
           xla_memory="compiled.memory_analysis(): peak_estimate = argument + output + temp "
                      "- alias bytes (XLA buffer assignment, not measured)",
@@ -898,15 +1011,18 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                "official flops() convention (swin_jax.bench.analytic_macs)",
           ratio="swin_jax img/s / timm img/s"),
       results=[])
-  for name in args.models:
-    name = registry.resolve_name(name)
+  names = [registry.resolve_name(name) for name in args.models]
+  for name in names:
+    model_overrides(args, name)  # option errors (--img_size for an nnFormer) before any run
+  for name in names:
     for batch in args.batches:
-      row: dict[str, Any] = dict(model=name, batch=batch, dtype=args.dtype)
+      row: dict[str, Any] = dict(model=name, batch=batch, dtype=args.dtype,
+                                 options=options_label(vars(args), name))
       if args.macs_only:
         log(f"[bench] MACs of {name} batch {batch} ...", file=sys.stderr)
-        model = registry.create_model(name, **model_overrides(args))
-        hw = list(window_ops.to_pair(args.img_size or the_swin(model).img_size))
-        row["swin_jax"] = dict(img_size=hw, macs=forward_macs(model, batch, hw, name))
+        model = registry.create_model(name, **model_overrides(args, name))
+        size = list(input_size(model, args.img_size))
+        row["swin_jax"] = dict(img_size=size, macs=forward_macs(model, batch, size, name))
         report["results"].append(row)
         continue
       for fw in frameworks:

@@ -213,6 +213,73 @@ def test_simmim_row_measures_the_pretraining_step(tmp_path, monkeypatch):
   assert macs["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
 
 
+# The Synapse network at width 8 on 16 x 32 x 32 crops (8^3, 4^3, 2^3, 1 tokens by stage),
+# deep supervision on: three outputs in training. Drop path off: it makes XLA's compile of
+# the train step ~40% longer (the Swin-Unet row covers a drop-path train step).
+NNFORMER_TINY = dict(registry.NNFORMER_CONFIGS["nnformer_synapse"], crop_size=(16, 32, 32),
+                     embed_dim=8, num_heads=(1, 1, 2, 2), num_classes=4, drop_path_rate=0.0)
+
+
+def test_nnformer_row_measures_swin_jax_and_the_official_network(tmp_path, monkeypatch):
+  """``--vs torch`` on an nnFormer: volumes of its crop, both rows, the same network, the
+  nnU-Net loss (Dice + CE over the deep-supervision outputs) on both sides."""
+  pytest.importorskip("timm")
+  monkeypatch.setitem(registry.MODEL_CONFIGS, "bench_nnformer_tiny", NNFORMER_TINY)
+  monkeypatch.setitem(registry.NNFORMER_CONFIGS, "bench_nnformer_tiny", NNFORMER_TINY)
+  out = tmp_path / "bench.json"
+  rc = bench.main(["--model", "bench_nnformer_tiny", "--batch", "2", "--repeats", "2",
+                   "--warmup", "0", "--vs", "torch", "--no_isolate", "--out", str(out)])
+  assert rc == 0
+  report = json.loads(out.read_text())
+  (row,) = report["results"]
+  jax_res, torch_res = row["swin_jax"], row["timm"]
+  assert "torch_nnformer" in torch_res["reference"]
+  assert jax_res["img_size"] == torch_res["img_size"] == [16, 32, 32]
+  assert jax_res["num_params"] == torch_res["num_params"] > 0
+  for res in (jax_res, torch_res):
+    for phase in ("forward", "train"):
+      assert len(res[phase]["times_s"]) == 2 and res[phase]["img_per_s"] > 0
+    # CE of 4 classes ~ ln 4 at init, minus a mean foreground Dice in [0, 1].
+    assert math.log(4) - 1.2 < res["train"]["final_loss"] < math.log(4) + 0.5
+  assert row["ratio"]["train"] == pytest.approx(
+      jax_res["train"]["img_per_s"] / torch_res["train"]["img_per_s"])
+  macs = jax_res["macs"]
+  assert macs["analytic_per_img"] is None and macs["paper_per_img"] is None
+  assert 0 < macs["matmul_forward_per_img"] < macs["xla_forward_per_img"]
+  assert macs["xla_train_per_img"] > 2 * macs["matmul_forward_per_img"]
+  table = bench.format_table(report)
+  # No scan or remat in an nnFormer: the options column says so.
+  assert "| bench_nnformer_tiny | 2 | float32 | - |" in table
+  assert "| bench_nnformer_tiny | 16x32x32 |" in table
+  # Its crop is its input: --img_size is refused before anything runs.
+  with pytest.raises(ValueError, match="--img_size does not apply"):
+    bench.run(bench.parse_args(["--model", "bench_nnformer_tiny", "--img_size", "32"]),
+              log=lambda *a, **k: None)
+
+
+def test_torch_nnunet_loss_matches_swin_jax():
+  """``torch_nnformer.official_loss`` == the volume_segmentation task's loss (same targets,
+  same weights), with and without deep supervision."""
+  torch = pytest.importorskip("torch")
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from swin_jax.oracles import torch_nnformer  # pylint: disable=import-outside-toplevel
+  from swin_jax.tasks import nnunet_loss  # pylint: disable=import-outside-toplevel
+  from swin_jax.tasks.volume_segmentation import downsampled_labels  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 5, (2, 8, 16, 16))
+  outs = [2 * rng.normal(size=(2, 8 // 2**i, 16 // 2**i, 16 // 2**i, 5)).astype(np.float32)
+          for i in range(3)]
+  for n in (3, 1):
+    expected, _ = nnunet_loss.deep_supervision_loss(
+        [jnp.asarray(o) for o in outs[:n]], downsampled_labels(jnp.asarray(labels), n),
+        nnunet_loss.deep_supervision_weights(n))
+    got = torch_nnformer.official_loss(
+        [torch.from_numpy(o).permute(0, 4, 1, 2, 3) for o in outs[:n]], torch.from_numpy(labels))
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_cli_lists_and_no_tensorflow():
   args = bench.parse_args(["--model", "swin_t,swin_s", "--model", "swin_b", "--batch", "8,32"])
   assert args.models == ["swin_t", "swin_s", "swin_b"] and args.batches == [8, 32]

@@ -6,6 +6,7 @@
     outs = small(volumes)       # (B, C_in, D, H, W) -> [full, 1/2, 1/4] logits (DS)
     small.do_ds = False         # what the official trainers set for inference
     logits = small(volumes)     # (B, K, D, H, W)
+    loss = official_loss(outs, labels)   # nnU-Net's Dice + CE over the DS outputs
 
 282857341/nnFormer is not installable as a package, so this rebuilds
 ``nnformer/network_architecture/nnFormer_{synapse,acdc,tumor}.py`` module by module, with
@@ -598,3 +599,38 @@ def build_like(model: Any) -> Any:
   """``build`` for the official network that a swin_jax ``NnFormer`` mirrors."""
   variant, config = reference_config(model)
   return build(variant, **config)
+
+
+def official_loss(outputs: Any, labels: Any) -> Any:
+  """nnU-Net v1's training loss in torch, as nnFormer's trainers use it:
+  ``MultipleOutputLoss2(DC_and_CE_loss({'batch_dice': True, 'smooth': 1e-5, 'do_bg': False},
+  {}), weights)`` (``swin_jax.tasks.nnunet_loss`` in JAX).
+
+  ``outputs``: logits ``(B, K, D, H, W)`` or the deep-supervision list (highest resolution
+  first); ``labels`` ``(B, D, H, W)`` int at full resolution: output ``i`` is scored against
+  every ``2**i``-th voxel from nnU-Net's offset (``volume_segmentation.downsampled_labels``),
+  weighted by ``deep_supervision_weights``. Per output: voxel CE minus the mean foreground
+  batch soft Dice.
+  """
+  torch, _ = _torch()
+  # pylint: disable-next=import-outside-toplevel
+  from swin_jax.data.volume_transforms import deep_supervision_offset
+  from swin_jax.tasks import nnunet_loss  # pylint: disable=import-outside-toplevel
+  outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+  total = 0.0
+  for i, (logits, weight) in enumerate(
+      zip(outputs, nnunet_loss.deep_supervision_weights(len(outputs)))):
+    step, start = 2**i, deep_supervision_offset(2**i)
+    target = labels[:, start::step, start::step, start::step].long()
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=1)
+    onehot = torch.nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+    axes = (0, *range(2, logits.ndim))
+    tp = (probs * onehot).sum(axes)
+    fp = (probs * (1 - onehot)).sum(axes)
+    fn = ((1 - probs) * onehot).sum(axes)
+    smooth = nnunet_loss.DICE_SMOOTH
+    dice = (2 * tp + smooth) / (2 * tp + fp + fn + smooth + 1e-8)
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    total = total + float(weight) * (ce - dice[1:].mean())
+  return total
