@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -21,6 +19,7 @@ from swin_jax.train import checkpoint as checkpoint_lib
 from swin_jax.train import config as config_lib
 from swin_jax.train import init_from
 from swin_jax.visualize import overlay
+from train_runs import finish, start_predict
 
 TINY = dict(img_size=32, embed_dim=8, depths=(2, 2), num_heads=(1, 1), window_size=4,
             num_classes=1000)
@@ -155,17 +154,6 @@ def _fake_segmentation_run(workdir, params, name=UNET_NAME, overrides=None,
   return str(workdir)
 
 
-def _start_predict(cwd, *args):
-  env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-  return subprocess.Popen([sys.executable, "-m", "swin_jax.predict", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(process):
-  stdout, stderr = process.communicate(timeout=300)
-  return process.returncode, stdout, stderr
-
-
 @pytest.fixture(scope="module")
 def segment_cli(tmp_path_factory):
   """The command on a tiny Swin-Unet: a run dir at the model's size, a converted dir at
@@ -181,13 +169,13 @@ def segment_cli(tmp_path_factory):
   images.Image.fromarray(rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)).save(
       tmp / "wide.png")
   (tmp / "notes.png").write_text("not an image")
-  first = [_start_predict(tmp, "--checkpoint", run, "--image", str(tmp / "scene.png"),
+  first = [start_predict(tmp, "--checkpoint", run, "--image", str(tmp / "scene.png"),
                           "--overlay", str(tmp / "out" / "scene_mask.png")),
-           _start_predict(tmp, "--checkpoint", str(tmp / "converted"), "--image", "wide.png")]
-  results = {"run": _finish(first[0]), "converted": _finish(first[1])}
-  second = [_start_predict(tmp, "--checkpoint", run, "--image", "missing.png"),
-            _start_predict(tmp, "--checkpoint", run, "--image", "notes.png")]
-  results.update(missing=_finish(second[0]), not_image=_finish(second[1]))
+           start_predict(tmp, "--checkpoint", str(tmp / "converted"), "--image", "wide.png")]
+  results = {"run": finish(first[0]), "converted": finish(first[1])}
+  second = [start_predict(tmp, "--checkpoint", run, "--image", "missing.png"),
+            start_predict(tmp, "--checkpoint", run, "--image", "notes.png")]
+  results.update(missing=finish(second[0]), not_image=finish(second[1]))
   return dict(results=results, tmp=tmp, model=model, params=params, image=image)
 
 
@@ -267,10 +255,10 @@ def upernet_cli(tmp_path_factory):
                              model_state=model_state)
   image = np.random.default_rng(6).integers(0, 256, (32, 32, 3), dtype=np.uint8)
   images.Image.fromarray(image).save(tmp / "scene.png")
-  processes = {source: _start_predict(tmp, "--checkpoint", str(tmp / source), "--image",
+  processes = {source: start_predict(tmp, "--checkpoint", str(tmp / source), "--image",
                                       "scene.png", "--overlay", f"{source}.png")
                for source in ("run", "converted")}
-  return dict(results={k: _finish(p) for k, p in processes.items()}, tmp=tmp, model=model,
+  return dict(results={k: finish(p) for k, p in processes.items()}, tmp=tmp, model=model,
               params=params, model_state=model_state, image=image)
 
 

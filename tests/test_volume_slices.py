@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +17,7 @@ from swin_jax.data import organ_phantoms
 from swin_jax.train import init_from
 from swin_jax.visualize import overlay
 from swin_jax.visualize import volume_slices as vs
-from train_runs import compilation_cache_dir, compilation_cache_env
+from train_runs import compilation_cache_dir, compilation_cache_env, finish, start_predict
 from nnformer_runs import GROUP, SIZE
 
 pytestmark = pytest.mark.xdist_group(GROUP)
@@ -155,15 +153,7 @@ def test_drawing_errors_name_the_problem():
 
 
 def _start_predict(cwd, cache_dir, *args):
-  env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu",
-         **compilation_cache_env(cache_dir)}
-  return subprocess.Popen([sys.executable, "-m", "swin_jax.predict", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(process):
-  stdout, stderr = process.communicate(timeout=300)
-  return process.returncode, stdout, stderr
+  return start_predict(cwd, *args, env=compilation_cache_env(cache_dir))
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +175,7 @@ def volume_cli(nnformer_tiny_run, tmp_path_factory):
                              "--image", "chelsea"),
       "no_volume": _start_predict(tmp, cache, "--checkpoint", run),
   }
-  results = {name: _finish(process) for name, process in started.items()}
+  results = {name: finish(process) for name, process in started.items()}
   return dict(results=results, tmp=tmp, run=run, crop=crop)
 
 

@@ -85,3 +85,17 @@ def persistent_compilation_cache(cache_dir: str):
     for name, value in previous.items():
       jax.config.update(name, value)
     compilation_cache.reset_cache()
+
+
+def start_predict(cwd, *args: str, env: dict | None = None) -> subprocess.Popen:
+  """``python -m swin_jax.predict *args`` on one CPU device, started (not waited for)."""
+  env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu",
+         **(env or {})}
+  return subprocess.Popen([sys.executable, "-m", "swin_jax.predict", *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: int = 300) -> tuple[int, str, str]:
+  """``(returncode, stdout, stderr)`` of a started process."""
+  stdout, stderr = process.communicate(timeout=timeout)
+  return process.returncode, stdout, stderr

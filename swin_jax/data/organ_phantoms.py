@@ -50,14 +50,13 @@ built on first use like ``digit_scenes``; read it with ``sources.open_source``
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import shutil
-import tempfile
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from swin_jax.data import staged_build
 
 DATASET = "organ_phantoms"
 VERSION = "1.0.0"
@@ -337,12 +336,8 @@ def is_organ_phantoms(name: str) -> bool:
   return name.split(":")[0].split("/")[0] == DATASET
 
 
-def _version_dir(data_dir: str, name: str) -> str:
-  return os.path.join(data_dir, name.split(":")[0], VERSION)
-
-
 def is_prepared(data_dir: str, name: str) -> bool:
-  return os.path.exists(os.path.join(_version_dir(data_dir, name), "dataset_info.json"))
+  return staged_build.is_built(staged_build.version_dir(data_dir, name, VERSION))
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -418,20 +413,16 @@ def ensure_organ_phantoms(data_dir: str, *, size: Sequence[int] = DEFAULT_SIZE,
   name = dataset_name(size, num_train, num_test, seed)
   if is_prepared(data_dir, name):
     return name
-  os.makedirs(data_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".{DATASET}-build-", dir=data_dir)
-  try:
+
+  def build(staging: str) -> str:
     builder = OrganPhantoms(config=name.split("/")[1], data_dir=staging,
                             file_format="array_record")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
-    os.makedirs(os.path.dirname(_version_dir(data_dir, name)), exist_ok=True)
-    try:
-      os.rename(_version_dir(staging, name), _version_dir(data_dir, name))
-    except OSError:
-      if not is_prepared(data_dir, name):  # not a lost race: a real failure
-        raise
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+    return staged_build.version_dir(staging, name, VERSION)
+
+  staged_build.build_and_rename(data_dir, DATASET,
+                                staged_build.version_dir(data_dir, name, VERSION), build,
+                                lambda: is_prepared(data_dir, name))
   return name
 
 

@@ -43,6 +43,8 @@ import functools
 import types
 from typing import Any, Sequence
 
+from swin_jax.oracles import import_oracle_modules
+
 # The official constructor arguments of each variant, as its trainer passes them.
 # Architecture fields: nnformer/training/network_training/nnFormerTrainerV2_nnformer_
 # {synapse,acdc,tumor}.py (embedding_dim, depths, num_heads, embedding_patch_size,
@@ -84,13 +86,7 @@ _ACDC_EXPAND_DEFAULT = ((1, 2, 2), (0, 0, 0))
 
 def _torch() -> tuple[Any, Any]:
   """``(torch, timm.layers)``, or an ImportError naming the extra."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    from timm import layers as timm_layers  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("the PyTorch nnFormer reference needs torch and timm: "
-                      "pip install 'swin_jax[oracle]'") from e
-  return torch, timm_layers
+  return import_oracle_modules("the PyTorch nnFormer reference", "torch", "timm.layers")
 
 
 def _triple(v: Any) -> tuple[int, int, int]:

@@ -24,6 +24,8 @@ import functools
 import types
 from typing import Any, Mapping
 
+from swin_jax.oracles import import_oracle_modules
+
 # The fields of a swin_jax SwinUnet that the reference is built from.
 CONFIG_FIELDS = ("img_size", "patch_size", "embed_dim", "depths", "num_heads", "window_size",
                  "num_classes", "drop_path_rate")
@@ -32,13 +34,8 @@ DICE_SMOOTH = 1e-5  # the official utils.DiceLoss
 
 def _torch() -> tuple[Any, Any]:
   """``(torch, timm.models.swin_transformer)``, or an ImportError naming the extra."""
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-    from timm.models import swin_transformer  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("the PyTorch Swin-Unet reference needs torch and timm: "
-                      "pip install 'swin_jax[oracle]'") from e
-  return torch, swin_transformer
+  return import_oracle_modules("the PyTorch Swin-Unet reference", "torch",
+                               "timm.models.swin_transformer")
 
 
 def official_config(model: Any) -> dict[str, Any]:
