@@ -2,8 +2,8 @@
 
 ``tiny_config`` is configs/nnformer/demo.py shrunk: 20 x 40 x 40 organ phantoms (4 train,
 2 test) and the Synapse network at width 8 on 16 x 32 x 32 crops (the smallest whose four
-stages halve exactly: 8^3, 4^3, 2^3, 1 tokens), 8 eval windows a volume, 4 steps on a
-(2, 1) mesh. The session fixtures ``nnformer_data_dir`` and ``nnformer_tiny_run`` (in
+stages halve exactly: 8^3, 4^3, 2^3, 1 tokens), 8 eval windows a volume mirrored in depth,
+4 steps on a (2, 1) mesh. The session fixtures ``nnformer_data_dir`` and ``nnformer_tiny_run`` (in
 conftest.py) train it once per worker; the modules using it share the xdist group
 ``GROUP``.
 """
@@ -36,6 +36,9 @@ def tiny_config(data_dir: str, **overrides):
   config.model.overrides.update(TINY_MODEL)
   config.batch_size = config.eval_batch_size = 2
   config.optimizer.schedule_every_steps = 2
+  # Mirroring TTA over one axis: the eval step's program holds a forward per mirroring
+  # (2, not 8); every axis's flips are checked in test_volume_inference.
+  config.task.eval.mirror_axes = (0,)
   config.update(dict(total_steps=4, log_every_steps=1, checkpoint_every_steps=2,
                      mesh_shape=(2, 1)))
   config.update(overrides)

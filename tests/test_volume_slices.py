@@ -201,7 +201,7 @@ def test_eval_volume_slices_counts_and_dice(volume_cli):
   assert all(0.0 <= d <= 1.0 for d in dices)
   mean = float(re.search(r"mean Dice ([0-9.]+) over classes 1\.\.4", stdout).group(1))
   assert mean == pytest.approx(np.mean(dices), abs=2e-4)
-  assert "8 windows of (16, 32, 32)" in stdout and "mirroring over axes (0, 1, 2)" in stdout
+  assert "8 windows of (16, 32, 32)" in stdout and "mirroring over axes (0,)" in stdout
 
   # Two rows (prediction, ground truth) at the phantoms' (2, 1, 1) mm; the truth row is the
   # label drawn through the printed point.
