@@ -153,8 +153,10 @@ def main(argv: list[str] | None = None) -> None:
                       choices=HOLDOUT_CHOICES,
                       help="files per class held out as 'validation' (config holdout<K>)")
   args = parser.parse_args(argv)
-  data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-  path = build(args.manual_dir, os.path.expanduser(data_dir), args.holdout_per_class)
+  # Imported here: sources imports this module.
+  from swin_jax.data import sources  # pylint: disable=import-outside-toplevel
+  data_dir = sources.resolve_data_dir(args.data_dir)
+  path = build(args.manual_dir, data_dir, args.holdout_per_class)
   name = "imagenet22k" if args.holdout_per_class == HOLDOUT_CHOICES[0] else \
       f"imagenet22k/holdout{args.holdout_per_class}"
   print(f"built {path}; use config.dataset.name = {name!r}")

@@ -90,6 +90,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from swin_jax.data import sources
+
 NAME = "medical_volumes"
 DATASET_JSON, SPLITS_JSON = "dataset.json", "splits.json"
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -785,13 +787,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--name", default="",
                       help="config name (default: dataset.json's 'name', lower-cased)")
   args = parser.parse_args(argv)
-  data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  data_dir = sources.resolve_data_dir(args.data_dir)
   raw = read_raw_dataset(args.manual_dir)
   task = config_name(args.name or raw.name or os.path.basename(raw.root))
   splits = split_case_ids(raw)
   print(f"{NAME}/{task}: {len(raw.cases)} cases ({len(splits['train'])} train, "
         f"{len(splits['validation'])} validation), modalities {list(raw.modalities)}, "
-        f"{len(raw.labels)} labels; writing ArrayRecord under {os.path.expanduser(data_dir)}",
+        f"{len(raw.labels)} labels; writing ArrayRecord under {data_dir}",
         file=sys.stderr, flush=True)
   path = build(args.manual_dir, data_dir, task)
   print(f"built {path}; use config.dataset.name = {f'{NAME}/{task}'!r}")

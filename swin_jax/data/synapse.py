@@ -225,12 +225,14 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--data_dir", default="",
                       help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
   args = parser.parse_args(argv)
-  data_dir = args.data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+  # Imported here: sources imports this module.
+  from swin_jax.data import sources  # pylint: disable=import-outside-toplevel
+  data_dir = sources.resolve_data_dir(args.data_dir)
   files = find_files(args.manual_dir)
   lists = os.path.isdir(os.path.join(os.path.expanduser(args.manual_dir), LIST_DIR))
   print(f"Synapse: {len(files.train)} train slices, {len(files.test)} test volumes"
         f"{' (from the list files)' if lists else ''}; writing ArrayRecord under "
-        f"{os.path.expanduser(data_dir)} (TFDS shows the progress)", file=sys.stderr,
+        f"{data_dir} (TFDS shows the progress)", file=sys.stderr,
         flush=True)
   path = build(args.manual_dir, data_dir)
   print(f"built {path}; use config.dataset.name = {NAME!r}")
