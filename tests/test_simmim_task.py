@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +23,8 @@ from swin_jax.train import config as config_lib
 from swin_jax.train import init_from
 from swin_jax.train import loop
 from swin_jax.train import optimizer as opt_lib
-from train_runs import REPO, compilation_cache_dir, persistent_compilation_cache, train_losses
+from train_runs import (REPO, assert_same_state, compilation_cache_dir,
+                        persistent_compilation_cache, resume_from_checkpoint, train_losses)
 
 IMAGENET_TRAIN = 1281167
 
@@ -240,14 +240,10 @@ def test_resumed_run_draws_the_same_masks_and_ends_bit_for_bit(demo_run, data_di
                                                                tmp_path_factory):
   workdir, result = demo_run
   resumed = str(tmp_path_factory.mktemp("simmim_resumed"))
-  shutil.copytree(os.path.join(workdir, "checkpoints"), os.path.join(resumed, "checkpoints"))
-  shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
-  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
-    again = loop.train_and_evaluate(tiny_demo(data_dir), resumed)
+  again = resume_from_checkpoint(workdir, 2, resumed, tiny_demo(data_dir),
+                                 compilation_cache_dir(tmp_path_factory))
   assert dict(train_losses(resumed)) == {s: l for s, l in train_losses(workdir) if s > 2}
-  for a, b in zip(jax.tree.leaves(jax.device_get(result.state)),
-                  jax.tree.leaves(jax.device_get(again.state))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_same_state(result.state, again.state)
 
 
 def test_a_simmim_run_initialises_the_demo_classifier(demo_run, data_dir):

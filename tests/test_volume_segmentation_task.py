@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -14,9 +13,9 @@ from swin_jax.data import organ_phantoms
 from swin_jax.tasks import medical_metrics
 from swin_jax.tasks import volume_inference
 from swin_jax.train import checkpoint as checkpoint_lib
-from swin_jax.train import loop
 from nnformer_runs import GROUP, SIZE, load, tiny_config
-from train_runs import REPO, compilation_cache_dir, persistent_compilation_cache, train_losses
+from train_runs import (REPO, assert_same_state, compilation_cache_dir, resume_from_checkpoint,
+                        train_losses)
 
 pytestmark = pytest.mark.xdist_group(GROUP)
 
@@ -46,17 +45,12 @@ def test_tiny_nnformer_trains_and_scores_the_test_volumes(tiny_run):
 
 def test_a_3d_run_resumes_bit_for_bit(tiny_run, data_dir, tmp_path_factory):
   """From the step-2 checkpoint to the end: losses and final state as the straight run."""
-  import shutil  # pylint: disable=import-outside-toplevel
   workdir, result = tiny_run
   resumed = str(tmp_path_factory.mktemp("nnformer_resumed"))
-  shutil.copytree(os.path.join(workdir, "checkpoints", "2"),
-                  os.path.join(resumed, "checkpoints", "2"))
-  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
-    again = loop.train_and_evaluate(tiny_config(data_dir), resumed)
+  again = resume_from_checkpoint(workdir, 2, resumed, tiny_config(data_dir),
+                                 compilation_cache_dir(tmp_path_factory))
   assert dict(train_losses(resumed)) == {s: l for s, l in train_losses(workdir) if s > 2}
-  for a, b in zip(jax.tree.leaves(jax.device_get(result.state)),
-                  jax.tree.leaves(jax.device_get(again.state))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_same_state(result.state, again.state)
   assert again.metrics == result.metrics
 
 

@@ -99,3 +99,22 @@ def finish(process: subprocess.Popen, timeout: int = 300) -> tuple[int, str, str
   """``(returncode, stdout, stderr)`` of a started process."""
   stdout, stderr = process.communicate(timeout=timeout)
   return process.returncode, stdout, stderr
+
+
+def resume_from_checkpoint(workdir: str, step: int, resumed: str, config, cache_dir: str):
+  """Trains ``config`` in ``resumed`` starting from ``workdir``'s step-``step`` checkpoint
+  (copied there alone), with the persistent compilation cache; returns the loop's result."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  from swin_jax.train import loop  # pylint: disable=import-outside-toplevel
+  shutil.copytree(os.path.join(workdir, "checkpoints", str(step)),
+                  os.path.join(resumed, "checkpoints", str(step)))
+  with persistent_compilation_cache(cache_dir):
+    return loop.train_and_evaluate(config, resumed)
+
+
+def assert_same_state(state, other) -> None:
+  """Every leaf of two train states equal, bit for bit."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(other)),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
