@@ -109,9 +109,14 @@ class VolumeSegmentationTask(base.Task):
             "volume": np.int32(-1), "start": np.zeros(3, np.int32), "mask": np.float32(0.0)}
 
   def _eval_source(self):
-    # pylint: disable-next=import-outside-toplevel
-    from swin_jax.data import sources
-    return sources.open_source(self.config.dataset, self.config.dataset.eval_split)
+    """The eval split's random-access source, opened once (eval batches, shapes and the
+    evaluator's labels all read it)."""
+    if not hasattr(self, "_opened_eval_source"):
+      # pylint: disable-next=import-outside-toplevel
+      from swin_jax.data import sources
+      self._opened_eval_source = sources.open_source(self.config.dataset,
+                                                     self.config.dataset.eval_split)
+    return self._opened_eval_source
 
   def eval_volume_shapes(self) -> list[tuple[int, int, int]]:
     """``(D, H, W)`` of every eval volume, in order (read once, from the labels)."""
