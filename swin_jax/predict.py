@@ -277,10 +277,12 @@ def detection_geometry(model: Any, run_config: dict | None) -> tuple[tuple[int, 
   """``(test_scale, canvas)``: the run's (``task.test_scale``, ``DetectionTask.canvas()``),
   else mmdet's (1333, 800) on the model's canvas (``img_size``)."""
   from swin_jax.data import detection_transforms as dt  # pylint: disable=import-outside-toplevel
-  if run_config and run_config.get("task", {}).get("name") == "detection":
+  from swin_jax import tasks  # pylint: disable=import-outside-toplevel
+  task_name = (run_config or {}).get("task", {}).get("name")
+  # Detection runs and the tasks built on it (Soft Teacher) know their canvas.
+  if task_name and issubclass(tasks.task_class(task_name), tasks.DetectionTask):
     import ml_collections  # pylint: disable=import-outside-toplevel
 
-    from swin_jax import tasks  # pylint: disable=import-outside-toplevel
     task = tasks.get_task(ml_collections.ConfigDict(run_config))
     return tuple(int(s) for s in run_config["task"]["test_scale"]), task.canvas()
   return dt.TEST_SCALE, tuple(int(s) for s in input_size(model))

@@ -527,3 +527,37 @@ def test_step_schedule_in_timm_mode_counts_from_the_end_of_warmup():
   schedule = opt_lib.learning_rate_schedule(config.optimizer, 512, 40, 10)
   assert [schedule(t) for t in (0, 2, 4, 23, 24, 39)] == pytest.approx(
       [0.0, 0.005, 0.01, 0.01, 0.005, 0.005])
+
+
+def mmcv_iter_step_with_linear_warmup(t: int, base_lr: float, steps, warmup_iters: int,
+                                      warmup_ratio: float, gamma: float = 0.1) -> float:
+  """mmcv 1.x ``StepLrUpdaterHook(step=[...], by_epoch=False, warmup='linear')`` before
+  iteration ``t`` (Soft Teacher's IterBasedRunner): ``base * gamma ** #(s <= t)``, scaled
+  during warmup."""
+  regular = base_lr * gamma ** sum(t >= s for s in steps)
+  if t >= warmup_iters:
+    return regular
+  return regular * (1 - (1 - t / warmup_iters) * (1 - warmup_ratio))
+
+
+@pytest.mark.parametrize("percent", [10, 100])
+def test_soft_teacher_recipes_step_at_their_iterations(percent):
+  """SGD 0.01, warmup 500 at 0.001, x0.1 at 120k / 160k of 180k (partial labels) or 480k /
+  640k of 720k (full), whatever the epoch length."""
+  from configs.soft_teacher import common  # pylint: disable=import-outside-toplevel
+  config = common.soft_teacher_coco(percent)
+  steps = config.optimizer.step_steps
+  assert tuple(steps) == ((120_000, 160_000) if percent < 100 else (480_000, 640_000))
+  _, schedule = opt_lib.make_optimizer(config, config.total_steps, steps_per_epoch=14_785)
+  a, b = steps
+  for t in (0, 1, 499, 500, a - 1, a, b - 1, b, config.total_steps - 1):
+    expected = mmcv_iter_step_with_linear_warmup(t, 0.01, steps, 500, 0.001)
+    assert schedule(t) == pytest.approx(expected, rel=1e-12), t
+  assert config.optimizer.name == "sgd" and config.optimizer.momentum == 0.9
+  assert config.optimizer.weight_decay == 1e-4
+
+
+def test_step_milestones_are_given_in_epochs_or_steps_not_both():
+  config = make_config(schedule="step", step_epochs=(1.0,), step_steps=(5,))
+  with pytest.raises(ValueError, match="not both"):
+    opt_lib.make_optimizer(config, 40, 10)

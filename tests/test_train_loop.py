@@ -69,9 +69,9 @@ def tiny_program_group(path) -> str:
     # task trains through this loop on digit scenes in test_detection_task; COCO reading is
     # tested on TFDS mock data there.
     return "detection"
-  if config.task.name == "simmim":
-    # Likewise: test_simmim_task trains the demo recipe through this loop.
-    return "simmim"
+  if config.task.name in ("simmim", "soft_teacher"):
+    # Likewise: test_simmim_task and test_soft_teacher_task train through this loop.
+    return config.task.name
   return repr((config.task.name, config.dataset.num_classes, config.dataset.image_size,
                sorted(fields.items())))
 
@@ -98,6 +98,8 @@ TRAINED_ELSEWHERE = {
     "detection/*": "test_detection_task trains the detection task through this loop",
     "nnformer/*": "test_volume_segmentation_task trains the demo recipe (tiny nnFormer, "
                   "organ phantoms) through this loop; the others read data not shipped",
+    "soft_teacher/*": "test_soft_teacher_task trains the task (tiny Faster R-CNN, digit "
+                      "scenes, labelled + unlabelled views) through this loop, resumed",
     "simmim/demo.py": "test_simmim_task trains this recipe (tiny encoder) through this loop",
     "simmim/swin_b_192_*": "test_simmim_task (the same task and transforms, at 32 px)",
     "swin_b_22k.py": "swin_b_1k's group (the same tiny Swin V1 run, a 1,000-way head)",

@@ -55,7 +55,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
   reads only its slice ``[s*B + i*b, s*B + (i+1)*b)`` of each. So the global batches, and
   the losses, are the same on one host or many, and only accessed examples are decoded.
   """
-  batch = per_host_batch_size(config.batch_size, process_count)
+  per_host_batch_size(config.batch_size, process_count)   # the error before any reading
   transform = transform or _task(config).train_transform()
   source = sources.open_source(config.dataset, config.dataset.train_split)
   if len(source) < config.batch_size:
@@ -64,11 +64,19 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
                      f"{config.dataset.train_split}")
   stream = (grain.MapDataset.source(source)
             # Shuffle before repeat: grain folds the epoch into the seed (a new order per epoch).
-            .shuffle(seed=_seed(config.seed, "shuffle"))
+            .shuffle(seed=seed_for(config.seed, "shuffle"))
             .repeat(None)
             # The generator is seeded from (seed, position in the repeated stream), so
             # augmentations differ per epoch and are reproduced exactly after a restore.
-            .random_map(transform, seed=_seed(config.seed, "augment")))
+            .random_map(transform, seed=seed_for(config.seed, "augment")))
+  return batched_train_dataset(config, stream, process_index, process_count)
+
+
+def batched_train_dataset(config, stream: grain.MapDataset, process_index: int = 0,
+                          process_count: int = 1) -> grain.IterDataset:
+  """This host's share of every global batch of ``config.batch_size`` consecutive elements
+  of ``stream`` (an infinite, transformed example stream), batched."""
+  batch = per_host_batch_size(config.batch_size, process_count)
   host_share = _HostShare(stream, config.batch_size, process_index, process_count)
   return _to_iter(host_share.batch(batch, drop_remainder=True), config)
 
@@ -169,7 +177,8 @@ def _to_iter(ds: grain.MapDataset, config) -> grain.IterDataset:
   return iter_ds
 
 
-def _seed(seed: int, purpose: str) -> int:
-  """A 32-bit seed per (run seed, purpose), the same on every host."""
+def seed_for(seed: int, purpose: str) -> int:
+  """A 32-bit seed per (run seed, purpose: 'shuffle', 'augment', ...), the same on every
+  host."""
   salt = int.from_bytes(purpose.encode(), "little")
   return int(np.random.SeedSequence([seed % 2**64, salt]).generate_state(1)[0])

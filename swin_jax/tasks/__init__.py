@@ -10,6 +10,7 @@ from swin_jax.tasks.classification import ClassificationTask
 from swin_jax.tasks.detection import DetectionTask
 from swin_jax.tasks.segmentation import SegmentationTask
 from swin_jax.tasks.simmim import SimMIMTask
+from swin_jax.tasks.soft_teacher import SoftTeacherTask
 from swin_jax.tasks.volume_segmentation import VolumeSegmentationTask
 
 TASKS: dict[str, type[Task]] = {
@@ -17,6 +18,7 @@ TASKS: dict[str, type[Task]] = {
     DetectionTask.name: DetectionTask,
     SegmentationTask.name: SegmentationTask,
     SimMIMTask.name: SimMIMTask,
+    SoftTeacherTask.name: SoftTeacherTask,
     VolumeSegmentationTask.name: VolumeSegmentationTask,
 }
 
@@ -34,4 +36,5 @@ def get_task(config) -> Task:
 
 
 __all__ = ["ClassificationTask", "DetectionTask", "Evaluator", "SegmentationTask", "SimMIMTask",
-           "SumEvaluator", "TASKS", "Task", "VolumeSegmentationTask", "get_task", "task_class"]
+           "SoftTeacherTask", "SumEvaluator", "TASKS", "Task", "VolumeSegmentationTask",
+           "get_task", "task_class"]

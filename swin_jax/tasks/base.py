@@ -9,6 +9,7 @@ logging and resume exist once. A task supplies the parts that differ:
     transform = task.train_transform()      # host: example, np.random.Generator -> example
     batches = task.eval_batches(process_index, process_count)   # host: eval batches + 'mask'
     loss, (metrics, model_state) = task.loss_fn(model, params, model_state, batch, rng)
+    # a task with reads_extra = True gets the state's extra too: loss_fn(..., extra=extra)
     outputs = task.eval_step(model, params, model_state, batch)     # jitted, per batch
     evaluator = task.evaluator(); evaluator.update(outputs); evaluator.result()   # host
     state = task.post_update(state)         # after each optimizer update (an EMA teacher)
@@ -72,6 +73,9 @@ class Task(abc.ABC):
   whose schema is ``section_defaults()``), ``config.model`` and ``config.dataset``.
   """
   name: ClassVar[str]
+  # True: ``loss_fn`` also takes ``extra=`` (the train state's ``extra``, e.g. an EMA
+  # teacher it predicts with); the gradient is still taken with respect to ``params`` only.
+  reads_extra: ClassVar[bool] = False
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -110,6 +114,15 @@ class Task(abc.ABC):
     """The zero example that pads the last eval batch (its ``mask`` is 0)."""
     one = {k: np.zeros(x.shape[1:], x.dtype) for k, x in self.batch_spec(1).items()}
     return {**one, "mask": np.float32(0.0)}
+
+  def train_iterator(self, process_index: int = 0, process_count: int = 1):
+    """This host's infinite train batches, resumable with ``get_state`` / ``set_state``.
+    Default: ``train_transform`` over ``config.dataset.train_split`` through the one train
+    pipeline; a task that mixes sources (Soft Teacher's labelled and unlabelled images)
+    builds its own example stream and hands it to ``pipeline.batched_train_iterator``."""
+    from swin_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+    return pipeline.train_iterator(self.config, process_index, process_count,
+                                   self.train_transform())
 
   def eval_batches(self, process_index: int = 0,
                    process_count: int = 1) -> Iterable[dict[str, Any]]:

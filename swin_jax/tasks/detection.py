@@ -75,6 +75,42 @@ def padded_hw(image_hw: jnp.ndarray) -> jnp.ndarray:
   return (jnp.asarray(image_hw, jnp.int32) + d - 1) // d * d
 
 
+def rpn_losses(module, feats, image_hw, gt_boxes, gt_valid, rpn_keys, *,
+               sampler: SamplerConfig = RPN_SAMPLER):
+  """The RPN's outputs and losses on FPN levels ``feats``: ``((loss_rpn_cls, loss_rpn_bbox),
+  cls_logits, deltas)`` (per-level lists, as ``rpn_outputs``). Anchors of cells outside an
+  image's 32-padded size are invalid. Call inside a bound ``MaskRCNN``."""
+  cls_logits, deltas = module.rpn_outputs(feats)
+  all_anchors = jnp.asarray(np.concatenate(module.anchors(feats)))
+  pad = padded_hw(image_hw)
+  sizes = [tuple(f.shape[1:3]) for f in feats]
+  anchor_valid = jax.vmap(lambda p: assigner_lib.anchor_valid_flags(
+      sizes, p, anchors_lib.STRIDES, anchors_lib.num_base_anchors()))(pad)
+  rpn = jax.vmap(functools.partial(targets_lib.rpn_targets, sampler=sampler),
+                 in_axes=(0, None, 0, 0, 0))(rpn_keys, all_anchors, anchor_valid, gt_boxes,
+                                             gt_valid)
+  return losses_lib.rpn_loss(cls_logits, deltas, rpn), cls_logits, deltas
+
+
+def train_proposals(module, feats, cls_logits, deltas, image_hw):
+  """``(rois (B, P, 4), rois_valid (B, P))`` of the train cfg (``rpn_proposal``) from
+  detached scores and deltas, as mmdet 2.11 proposes (``AnchorHead.get_bboxes``)."""
+  rois, _, rois_valid = proposals_lib.propose(
+      jax.lax.stop_gradient(cls_logits), jax.lax.stop_gradient(deltas), module.anchors(feats),
+      jnp.asarray(image_hw, jnp.float32), module.rpn_train_nms_pre, module.rpn_max_per_img,
+      module.rpn_iou_threshold, module.rpn_min_bbox_size)
+  return rois, rois_valid
+
+
+def sample_rois(module, rcnn_keys, rois, rois_valid, gt_boxes, gt_valid, gt_labels, *,
+                sampler: SamplerConfig = RCNN_SAMPLER) -> targets_lib.RCNNTargets:
+  """Per-image R-CNN targets (``targets.rcnn_targets``) of a batch, one key per image."""
+  return jax.vmap(functools.partial(targets_lib.rcnn_targets, num_classes=module.num_classes,
+                                    sampler=sampler))(
+                                        rcnn_keys, rois, rois_valid, gt_boxes, gt_valid,
+                                        gt_labels)
+
+
 def detector_losses(module, images, image_hw, gt_boxes, gt_labels, gt_valid, gt_masks,
                     rpn_keys, rcnn_keys, *, rpn_sampler: SamplerConfig = RPN_SAMPLER,
                     rcnn_sampler: SamplerConfig = RCNN_SAMPLER, train: bool = True
@@ -83,27 +119,11 @@ def detector_losses(module, images, image_hw, gt_boxes, gt_labels, gt_valid, gt_
   (``module`` is the bound ``MaskRCNN``). Shapes as the module docstring's batch;
   ``gt_masks`` is ignored (may be None) for a detector without a mask head."""
   feats = module.features(images, train)
-  cls_logits, deltas = module.rpn_outputs(feats)
-  level_anchors = module.anchors(feats)
-  all_anchors = jnp.asarray(np.concatenate(level_anchors))
-  pad = padded_hw(image_hw)
-  sizes = [tuple(f.shape[1:3]) for f in feats]
-  anchor_valid = jax.vmap(lambda p: assigner_lib.anchor_valid_flags(
-      sizes, p, anchors_lib.STRIDES, anchors_lib.num_base_anchors()))(pad)
-  rpn = jax.vmap(functools.partial(targets_lib.rpn_targets, sampler=rpn_sampler),
-                 in_axes=(0, None, 0, 0, 0))(rpn_keys, all_anchors, anchor_valid, gt_boxes,
-                                             gt_valid)
-  loss_rpn_cls, loss_rpn_bbox = losses_lib.rpn_loss(cls_logits, deltas, rpn)
-
-  # mmdet 2.11 proposes from detached scores and deltas (AnchorHead.get_bboxes).
-  rois, _, rois_valid = proposals_lib.propose(
-      jax.lax.stop_gradient(cls_logits), jax.lax.stop_gradient(deltas), level_anchors,
-      jnp.asarray(image_hw, jnp.float32), module.rpn_train_nms_pre, module.rpn_max_per_img,
-      module.rpn_iou_threshold, module.rpn_min_bbox_size)
-  rcnn = jax.vmap(functools.partial(targets_lib.rcnn_targets, num_classes=module.num_classes,
-                                    sampler=rcnn_sampler))(
-                                        rcnn_keys, rois, rois_valid, gt_boxes, gt_valid,
-                                        gt_labels)
+  (loss_rpn_cls, loss_rpn_bbox), cls_logits, deltas = rpn_losses(
+      module, feats, image_hw, gt_boxes, gt_valid, rpn_keys, sampler=rpn_sampler)
+  rois, rois_valid = train_proposals(module, feats, cls_logits, deltas, image_hw)
+  rcnn = sample_rois(module, rcnn_keys, rois, rois_valid, gt_boxes, gt_valid, gt_labels,
+                     sampler=rcnn_sampler)
   cls_score, bbox_pred = module.roi_outputs(feats, rcnn.rois)
   loss_cls, loss_bbox = losses_lib.rcnn_loss(cls_score, bbox_pred, rcnn)
   sampled = rcnn.label_weights > 0
@@ -117,7 +137,7 @@ def detector_losses(module, images, image_hw, gt_boxes, gt_labels, gt_valid, gt_
     is_pos = rcnn.is_pos[:, :p]
     mask_logits = module.mask_outputs(feats, pos_rois, pos_labels)
     mask_t = jax.vmap(lambda r, i, v, m, hw: targets_lib.mask_targets(r, i, v, m, mask_hw=hw))(
-        pos_rois, rcnn.pos_gt_inds[:, :p], is_pos, gt_masks, pad)
+        pos_rois, rcnn.pos_gt_inds[:, :p], is_pos, gt_masks, padded_hw(image_hw))
     out["loss_mask"] = losses_lib.mask_loss(mask_logits, mask_t, pos_labels, is_pos)
   return out
 

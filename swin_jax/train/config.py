@@ -101,6 +101,8 @@ def base_config(task: str = "classification") -> ConfigDict:
       poly_power=0.9,                # 'poly': lr * (1 - t / T) ** poly_power ('mmcv': to min_lr)
       step_epochs=(),                # 'step': lr * step_gamma at each of these epochs (mmdet
       step_gamma=0.1,                # lr_config step=[8, 11]); floats, in epochs of the run
+      step_steps=(),                 # 'step', iteration-based recipes: the milestones in
+                                     # steps instead (Soft Teacher's step=[120000, 160000])
       schedule_every_steps=0,        # > 0: the lr changes only every this many updates
                                      # (nnU-Net sets it once per 250-iteration epoch)
       weight_decay=0.05,

@@ -192,8 +192,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
 
   # --- restore or initialise ---
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  train_iter = pipeline.train_iterator(config, jax.process_index(), jax.process_count(),
-                                       task.train_transform())
+  train_iter = task.train_iterator(jax.process_index(), jax.process_count())
   latest = checkpointer.latest_step()
   if latest is not None:
     state, data_state = checkpointer.restore(latest, abstract_state)

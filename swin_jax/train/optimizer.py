@@ -194,6 +194,19 @@ def lr_schedule(kind: str, lr: float, total_updates: int, warmup: int = 0, *,
   return schedule
 
 
+def step_milestones(opt_cfg: ml_collections.ConfigDict, updates_per_epoch: int,
+                    grad_accum_steps: int = 1) -> tuple[int, ...]:
+  """The 'step' schedule's milestones in updates: ``step_steps`` (iteration-based recipes,
+  mmcv's ``IterBasedRunner``: steps of ``grad_accum_steps`` micro-batches each) or else
+  ``int(e * updates_per_epoch)`` of ``step_epochs``."""
+  steps = tuple(opt_cfg.get("step_steps", ()))
+  if steps and tuple(opt_cfg.get("step_epochs", ())):
+    raise ValueError("set optimizer.step_steps or optimizer.step_epochs, not both")
+  if steps:
+    return tuple(int(s) // grad_accum_steps for s in steps)
+  return tuple(int(e * updates_per_epoch) for e in opt_cfg.get("step_epochs", ()))
+
+
 def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
                            total_updates: int, updates_per_epoch: int,
                            grad_accum_steps: int = 1) -> optax.Schedule:
@@ -202,7 +215,7 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
   The rates are ``scaled_learning_rates(opt_cfg, batch_size)``, the warmup
   ``warmup_updates(...)`` updates; ``schedule``, ``warmup_mode``, ``poly_power`` and
   ``warmup_ratio`` come from the config (formulas in ``lr_schedule``), and for ``'step'`` the
-  milestones ``int(e * updates_per_epoch)`` of ``step_epochs`` with factor ``step_gamma``.
+  milestones ``step_milestones(...)`` with factor ``step_gamma``.
   """
   if opt_cfg.schedule not in SCHEDULES:
     raise ValueError(f"optimizer.schedule {opt_cfg.schedule!r} is not one of {SCHEDULES}")
@@ -215,8 +228,8 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict, batch_size: int,
                          min_lr=min_lr, warmup_mode=mode,
                          poly_power=opt_cfg.get("poly_power", 0.9),
                          warmup_ratio=opt_cfg.get("warmup_ratio", 0.0),
-                         milestones=tuple(int(e * updates_per_epoch)
-                                          for e in opt_cfg.get("step_epochs", ())),
+                         milestones=step_milestones(opt_cfg, updates_per_epoch,
+                                                    grad_accum_steps),
                          gamma=opt_cfg.get("step_gamma", 0.1))
   every = int(opt_cfg.get("schedule_every_steps", 0)) // grad_accum_steps
   return held_schedule(schedule, every) if every > 1 else schedule

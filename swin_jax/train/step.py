@@ -31,8 +31,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, task: Task,
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
 
+  extra = {"extra": state.extra} if task.reads_extra else {}
+
   def loss_fn(params):
-    return task.loss_fn(model, params, state.model_state, batch, step_rng)
+    return task.loss_fn(model, params, state.model_state, batch, step_rng, **extra)
 
   (loss, (task_metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)

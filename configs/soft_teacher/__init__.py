@@ -1,0 +1,1 @@
+"""Soft Teacher recipes (semi-supervised Faster R-CNN on Swin-T)."""

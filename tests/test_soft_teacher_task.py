@@ -1,0 +1,201 @@
+"""Soft Teacher on the one loop: the labelled / unlabelled stream, a tiny Faster R-CNN
+trained two steps with its EMA teacher, the total loss rebuilt from the component passes,
+no gradient into the teacher, and a bit-exact resume of the teacher state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swin_jax import tasks
+from swin_jax.data import digit_scenes, semi_split, sources
+from swin_jax.models.detection import box_transform
+from swin_jax.models.detection import pseudo_labels as pl
+from swin_jax.tasks import detection, soft_teacher
+from swin_jax.tasks.soft_teacher_losses import student_unsup_losses, teacher_pseudo_labels
+from swin_jax.train import config as config_lib
+from swin_jax.train import loop
+from train_runs import (assert_same_state, compilation_cache_dir, persistent_compilation_cache,
+                        resume_from_checkpoint, train_losses)
+
+pytestmark = pytest.mark.xdist_group("soft_teacher_task")
+
+TINY_MODEL = dict(img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 1, 1),
+                  window_size=4, num_classes=10, drop_path_rate=0.0, neck_channels=16,
+                  rpn_channels=16, fc_channels=32, rpn_max_per_img=64,
+                  rpn_train_nms_pre=128, rpn_test_nms_pre=128, max_detections=20,
+                  pre_nms_top_k=256)
+
+
+def tiny_config(data_dir: str = ""):
+  """16 digit scenes, half labelled, 2 labelled + 4 unlabelled per batch; thresholds so
+  low that an untrained teacher's detections feed every target (RPN, cls and reg)."""
+  config = config_lib.base_config("soft_teacher")
+  config.model.name = "faster_rcnn_swin_tiny_patch4_window7_fpn"
+  config.model.overrides.update(TINY_MODEL)
+  config.dataset.name = digit_scenes.dataset_name(64, num_train=16, num_test=8,
+                                                  digit_size=(24, 40), digits_per_scene=(1, 3))
+  config.dataset.train_split, config.dataset.eval_split = "train", "test"
+  config.dataset.num_classes = 10
+  config.dataset.data_dir = data_dir
+  config.dataset.read_threads = 2
+  config.task.update(dict(
+      canvas=(64, 64), scale_range=((64, 48), (64, 64)), test_scale=(64, 64), max_instances=4,
+      rpn_samples=64, rcnn_samples=32, labelled_percent=50.0, unlabelled_per_labelled=2,
+      initial_score_threshold=0.0, rpn_pseudo_threshold=0.0, cls_pseudo_threshold=0.0,
+      reg_pseudo_threshold=1.0))
+  config.mesh_shape = (1, 1)
+  config.batch_size, config.eval_batch_size = 2, 8
+  config.total_steps = 2
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 1
+  config.eval_every_steps = 0
+  config.optimizer.update(dict(name="sgd", base_lr=0.01, reference_batch_size=2,
+                               schedule="step", step_steps=(1,), warmup_mode="mmcv",
+                               warmup_steps=1, no_decay_1d_and_bias=False))
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """Two steps through ``loop.train_and_evaluate``, a checkpoint after each:
+  ``(config, RunResult, workdir)``."""
+  root = tmp_path_factory.mktemp("soft_teacher_run")
+  config = tiny_config(str(root / "tfds"))
+  workdir = str(root / "run")
+  with persistent_compilation_cache(compilation_cache_dir(tmp_path_factory)):
+    return config, loop.train_and_evaluate(config, workdir), workdir
+
+
+def test_stream_groups_one_labelled_scene_with_r_unlabelled_ones(trained):
+  """Labelled images come only from the official split's positions, unlabelled ones only
+  from the rest, ``r`` per labelled image; the views carry their matrices."""
+  config, _, _ = trained
+  task = tasks.get_task(config)
+  train = sources.open_source(config.dataset, "train")
+  labelled, rest = task.split_positions(train)
+  np.testing.assert_array_equal(labelled, semi_split.labelled_positions(16, 1, 50.0))
+  assert len(labelled) == 8 and set(labelled).isdisjoint(rest) and len(rest) == 8
+
+  def image_ids(positions):
+    return {int(train[int(i)]["image_id"]) for i in positions}
+
+  seen = {"labelled": set(), "unlabelled": set()}
+  groups = soft_teacher._Groups(  # pylint: disable=protected-access
+      _ids_stream(train, labelled), _ids_stream(train, rest), 2)
+  for i in range(8):
+    group = groups[i]
+    assert len(group["unlabelled"]) == 2
+    seen["labelled"].add(group["labelled"])
+    seen["unlabelled"].update(group["unlabelled"])
+  assert seen["labelled"] <= image_ids(labelled)
+  assert seen["unlabelled"] <= image_ids(rest)
+
+  batch = next(task.train_iterator())
+  spec = task.batch_spec(config.batch_size)
+  assert set(batch) == set(spec)
+  for key, value in spec.items():
+    assert batch[key].shape == value.shape and batch[key].dtype == value.dtype, key
+
+
+def _ids_stream(source, positions):
+  import grain  # pylint: disable=import-outside-toplevel
+  ids = [int(source[int(i)]["image_id"]) for i in positions]
+  return grain.MapDataset.source(ids).shuffle(seed=0).repeat(None)
+
+
+def test_tiny_soft_teacher_trains_with_an_ema_teacher_through_the_loop(trained):
+  config, result, _ = trained
+  for name in ("train/loss", "train/sup_loss_cls", "train/unsup_loss_cls",
+               "train/unsup_loss_rpn_cls", "train/unsup_loss_bbox"):
+    assert np.isfinite(result.metrics[name]), name
+  # With every threshold open, all three target sets are fed.
+  for name in ("train/rpn_pseudo_boxes", "train/cls_pseudo_boxes", "train/reg_pseudo_boxes"):
+    assert result.metrics[name] > 0, name
+  assert 0.0 <= result.metrics["eval/box_ap"] <= 1.0
+  teacher, student = result.state.extra["teacher"], result.state.params
+  assert jax.tree.structure(teacher) == jax.tree.structure(student)
+  # After two updates the teacher is an average of three students: not the last one.
+  moved = [not np.array_equal(t, s) for t, s in zip(jax.tree.leaves(teacher),
+                                                     jax.tree.leaves(student))]
+  assert any(moved)
+
+
+def test_resumed_run_ends_bit_for_bit_with_the_teacher(trained, tmp_path, tmp_path_factory):
+  config, result, workdir = trained
+  resumed = str(tmp_path / "resumed")
+  again = resume_from_checkpoint(workdir, 1, resumed, config,
+                                 compilation_cache_dir(tmp_path_factory))
+  assert dict(train_losses(resumed)) == {2: dict(train_losses(workdir))[2]}
+  assert_same_state(result.state, again.state)     # teacher (state.extra) included
+
+
+def test_total_loss_is_sup_plus_weighted_unsup_and_the_teacher_gets_no_gradient(trained):
+  """The task's loss on a real batch equals the sum rebuilt from the component passes
+  (teacher pseudo labels, view transfer, student losses, soft weights from the teacher's
+  background scores), and its gradient with respect to the teacher is zero."""
+  config, result, _ = trained
+  config = config.copy_and_resolve_references()
+  config.task.unsup_weight = 3.0
+  task = tasks.get_task(config)
+  model = task.build_model()
+  params = jax.device_get(result.state.params)
+  teacher = jax.device_get(result.state.extra["teacher"])
+  batch = jax.tree.map(jnp.asarray, next(task.train_iterator()))
+  rng = jax.random.key(5)
+
+  def total(teacher_params):
+    loss, (metrics, _) = task.loss_fn(model, params, {}, batch, rng,
+                                      extra={"teacher": teacher_params})
+    return loss, metrics
+
+  @jax.jit
+  def everything(params, teacher):
+    (loss, metrics), teacher_grad = jax.value_and_grad(total, has_aux=True)(teacher)
+    return loss, metrics, teacher_grad, rebuilt_loss(task, model, params, teacher, batch, rng)
+
+  loss, metrics, teacher_grad, expected = everything(params, teacher)
+  np.testing.assert_allclose(loss, expected["total"], rtol=1e-5)
+  for name in ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"):
+    np.testing.assert_allclose(metrics[f"unsup_{name}"], expected[name], rtol=1e-5,
+                               err_msg=name)
+    assert np.isfinite(expected[name]) and expected[name] > 0, name
+  for leaf in jax.tree.leaves(teacher_grad):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+
+
+def rebuilt_loss(task, model, params, teacher, batch, rng):
+  """The loss from the pieces, following the official ``SoftTeacher.forward_train``."""
+  cfg = task.config.task
+  sup_rng, dropout, jitter_key, samplers = jax.random.split(rng, 4)
+  sup_loss, _ = detection.DetectionTask.loss_fn(task, model, params, {}, batch, sup_rng)
+  flat = {k: batch[k].reshape(-1, *batch[k].shape[2:]) for k in soft_teacher.VIEW_KEYS}
+  n = flat["teacher_image"].shape[0]
+  pseudo, feats = model.apply({"params": teacher}, flat["teacher_image"], flat["teacher_hw"],
+                              jitter_key, initial_threshold=cfg.initial_score_threshold,
+                              method=teacher_pseudo_labels)
+  m = box_transform.relative_matrix(flat["teacher_matrix"], flat["student_matrix"])
+  boxes = box_transform.transform_boxes(pseudo["boxes"], m, flat["student_hw"])
+  kept = pseudo["valid"] & pl.box_sizes_ok(boxes)
+  score_ok = kept & (pseudo["scores"] > cfg.cls_pseudo_threshold)
+  reg_ok = kept & (pseudo["uncertainty"] < cfg.reg_pseudo_threshold)
+  rpn_keys, cls_keys, reg_keys = (jax.random.split(k, n) for k in jax.random.split(samplers, 3))
+  rpn_sampler, rcnn_sampler = task.samplers()
+  terms, cls_score, cls_t = model.apply(
+      {"params": params}, flat["student_image"], flat["student_hw"], boxes,
+      pseudo["classes"], score_ok, score_ok, reg_ok, rpn_keys, cls_keys, reg_keys,
+      rpn_sampler=rpn_sampler, rcnn_sampler=rcnn_sampler, method=student_unsup_losses,
+      rngs={"dropout": dropout})
+  back = box_transform.relative_matrix(flat["student_matrix"], flat["teacher_matrix"])
+  teacher_rois = box_transform.transform_boxes(cls_t.rois, back, flat["teacher_hw"])
+  scores, _ = model.apply({"params": teacher}, feats, teacher_rois, method="roi_outputs")
+  background = jax.nn.softmax(scores, axis=-1)[..., -1]
+  negative = (cls_t.labels == model.num_classes) & (cls_t.label_weights > 0)
+  weights = jnp.where(negative, background, cls_t.label_weights)
+  log_p = jax.nn.log_softmax(cls_score, axis=-1)
+  ce = -jnp.take_along_axis(log_p, cls_t.labels[..., None], axis=-1)[..., 0]
+  terms["loss_cls"] = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  unsup = sum(terms.values())
+  return {**terms, "total": sup_loss + cfg.unsup_weight * unsup}
