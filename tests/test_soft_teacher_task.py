@@ -17,28 +17,23 @@ from swin_jax.tasks import detection, soft_teacher
 from swin_jax.tasks.soft_teacher_losses import student_unsup_losses, teacher_pseudo_labels
 from swin_jax.train import config as config_lib
 from swin_jax.train import loop
+from test_detection_task import tiny_config as tiny_detection_config
 from train_runs import (assert_same_state, compilation_cache_dir, persistent_compilation_cache,
                         resume_from_checkpoint, train_losses)
 
 pytestmark = pytest.mark.xdist_group("soft_teacher_task")
 
-TINY_MODEL = dict(img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 1, 1),
-                  window_size=4, num_classes=10, drop_path_rate=0.0, neck_channels=16,
-                  rpn_channels=16, fc_channels=32, rpn_max_per_img=64,
-                  rpn_train_nms_pre=128, rpn_test_nms_pre=128, max_detections=20,
-                  pre_nms_top_k=256)
-
 
 def tiny_config(data_dir: str = ""):
-  """16 digit scenes, half labelled, 2 labelled + 4 unlabelled per batch; thresholds so
-  low that an untrained teacher's detections feed every target (RPN, cls and reg)."""
+  """The detection tests' tiny detector (without its mask head) and 16 digit scenes, half
+  labelled, 2 labelled + 4 unlabelled per batch; thresholds so low that an untrained
+  teacher's detections feed every target (RPN, cls and reg)."""
+  detection_config = tiny_detection_config()
   config = config_lib.base_config("soft_teacher")
+  config.model = detection_config.model
   config.model.name = "faster_rcnn_swin_tiny_patch4_window7_fpn"
-  config.model.overrides.update(TINY_MODEL)
-  config.dataset.name = digit_scenes.dataset_name(64, num_train=16, num_test=8,
-                                                  digit_size=(24, 40), digits_per_scene=(1, 3))
-  config.dataset.train_split, config.dataset.eval_split = "train", "test"
-  config.dataset.num_classes = 10
+  del config.model.overrides["mask_channels"]
+  config.dataset = detection_config.dataset
   config.dataset.data_dir = data_dir
   config.dataset.read_threads = 2
   config.task.update(dict(

@@ -102,13 +102,16 @@ def train_proposals(module, feats, cls_logits, deltas, image_hw):
   return rois, rois_valid
 
 
-def sample_rois(module, rcnn_keys, rois, rois_valid, gt_boxes, gt_valid, gt_labels, *,
-                sampler: SamplerConfig = RCNN_SAMPLER) -> targets_lib.RCNNTargets:
-  """Per-image R-CNN targets (``targets.rcnn_targets``) of a batch, one key per image."""
-  return jax.vmap(functools.partial(targets_lib.rcnn_targets, num_classes=module.num_classes,
+def sampled_roi_outputs(module, feats, rcnn_keys, rois, rois_valid, gt_boxes, gt_valid,
+                        gt_labels, *, sampler: SamplerConfig = RCNN_SAMPLER):
+  """Per-image R-CNN targets (``targets.rcnn_targets``, one key per image) and the bbox
+  head on their RoIs: ``(targets, cls_score (B, S, K + 1), bbox_pred (B, S, 4K))``."""
+  rcnn = jax.vmap(functools.partial(targets_lib.rcnn_targets, num_classes=module.num_classes,
                                     sampler=sampler))(
                                         rcnn_keys, rois, rois_valid, gt_boxes, gt_valid,
                                         gt_labels)
+  cls_score, bbox_pred = module.roi_outputs(feats, rcnn.rois)
+  return rcnn, cls_score, bbox_pred
 
 
 def detector_losses(module, images, image_hw, gt_boxes, gt_labels, gt_valid, gt_masks,
@@ -122,9 +125,9 @@ def detector_losses(module, images, image_hw, gt_boxes, gt_labels, gt_valid, gt_
   (loss_rpn_cls, loss_rpn_bbox), cls_logits, deltas = rpn_losses(
       module, feats, image_hw, gt_boxes, gt_valid, rpn_keys, sampler=rpn_sampler)
   rois, rois_valid = train_proposals(module, feats, cls_logits, deltas, image_hw)
-  rcnn = sample_rois(module, rcnn_keys, rois, rois_valid, gt_boxes, gt_valid, gt_labels,
-                     sampler=rcnn_sampler)
-  cls_score, bbox_pred = module.roi_outputs(feats, rcnn.rois)
+  rcnn, cls_score, bbox_pred = sampled_roi_outputs(
+      module, feats, rcnn_keys, rois, rois_valid, gt_boxes, gt_valid, gt_labels,
+      sampler=rcnn_sampler)
   loss_cls, loss_bbox = losses_lib.rcnn_loss(cls_score, bbox_pred, rcnn)
   sampled = rcnn.label_weights > 0
   hits = (jnp.argmax(cls_score, axis=-1) == rcnn.labels) & sampled

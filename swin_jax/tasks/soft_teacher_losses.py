@@ -29,7 +29,7 @@ from swin_jax.models.detection import losses as losses_lib
 from swin_jax.models.detection import postprocess
 from swin_jax.models.detection import pseudo_labels as pl
 from swin_jax.models.detection.sampler import RCNN_SAMPLER, RPN_SAMPLER, SamplerConfig
-from swin_jax.tasks.detection import rpn_losses, sample_rois, train_proposals
+from swin_jax.tasks.detection import rpn_losses, sampled_roi_outputs, train_proposals
 
 
 def refine_jitters(module, feats, jitters: jnp.ndarray, classes: jnp.ndarray,
@@ -85,12 +85,10 @@ def student_unsup_losses(module, images, image_hw, boxes, labels, rpn_valid, cls
   (loss_rpn_cls, loss_rpn_bbox), cls_logits, deltas = rpn_losses(
       module, feats, image_hw, boxes, rpn_valid, rpn_keys, sampler=rpn_sampler)
   rois, rois_valid = train_proposals(module, feats, cls_logits, deltas, image_hw)
-  cls_targets = sample_rois(module, cls_keys, rois, rois_valid, boxes, cls_valid, labels,
-                            sampler=rcnn_sampler)
-  cls_score, _ = module.roi_outputs(feats, cls_targets.rois)
-  reg_targets = sample_rois(module, reg_keys, rois, rois_valid, boxes, reg_valid, labels,
-                            sampler=rcnn_sampler)
-  reg_score, reg_pred = module.roi_outputs(feats, reg_targets.rois)
+  cls_targets, cls_score, _ = sampled_roi_outputs(
+      module, feats, cls_keys, rois, rois_valid, boxes, cls_valid, labels, sampler=rcnn_sampler)
+  reg_targets, reg_score, reg_pred = sampled_roi_outputs(
+      module, feats, reg_keys, rois, rois_valid, boxes, reg_valid, labels, sampler=rcnn_sampler)
   _, loss_bbox = losses_lib.rcnn_loss(reg_score, reg_pred, reg_targets)
   terms = {"loss_rpn_cls": loss_rpn_cls, "loss_rpn_bbox": loss_rpn_bbox,
            "loss_bbox": loss_bbox}
