@@ -25,7 +25,7 @@ from swin_jax.tasks import detection
 from swin_jax.train import config as config_lib
 from swin_jax.train import loop
 from train_runs import (assert_same_state, compilation_cache_dir, persistent_compilation_cache,
-                        resume_from_checkpoint, train_losses)
+                        resume_from_checkpoint, train_losses, two_checkpointed_steps)
 
 pytestmark = pytest.mark.xdist_group("detection_task")
 
@@ -315,12 +315,7 @@ def trained(tmp_path_factory):
   config = tiny_config()
   config.dataset.data_dir = str(root / "tfds")
   config.dataset.read_threads = 2
-  config.mesh_shape = (1, 1)
-  config.batch_size, config.eval_batch_size = 2, 8
-  config.total_steps = 2
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 1
-  config.eval_every_steps = 0
+  two_checkpointed_steps(config)
   config.optimizer.update(dict(schedule="step", step_epochs=(1.0,), warmup_mode="mmcv",
                                warmup_steps=1, no_decay_1d_and_bias=False,
                                no_decay_keywords=("norm",)))

@@ -19,7 +19,7 @@ from swin_jax.train import config as config_lib
 from swin_jax.train import loop
 from test_detection_task import tiny_config as tiny_detection_config
 from train_runs import (assert_same_state, compilation_cache_dir, persistent_compilation_cache,
-                        resume_from_checkpoint, train_losses)
+                        resume_from_checkpoint, train_losses, two_checkpointed_steps)
 
 pytestmark = pytest.mark.xdist_group("soft_teacher_task")
 
@@ -41,12 +41,7 @@ def tiny_config(data_dir: str = ""):
       rpn_samples=64, rcnn_samples=32, labelled_percent=50.0, unlabelled_per_labelled=2,
       initial_score_threshold=0.0, rpn_pseudo_threshold=0.0, cls_pseudo_threshold=0.0,
       reg_pseudo_threshold=1.0))
-  config.mesh_shape = (1, 1)
-  config.batch_size, config.eval_batch_size = 2, 8
-  config.total_steps = 2
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = 1
-  config.eval_every_steps = 0
+  two_checkpointed_steps(config)
   config.optimizer.update(dict(name="sgd", base_lr=0.01, reference_batch_size=2,
                                schedule="step", step_steps=(1,), warmup_mode="mmcv",
                                warmup_steps=1, no_decay_1d_and_bias=False))

@@ -118,3 +118,14 @@ def assert_same_state(state, other) -> None:
   for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(other)),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def two_checkpointed_steps(config) -> None:
+  """A tiny detector run's schedule: one device, batches of 2 (eval 8), 2 steps, each
+  logged and checkpointed, one evaluation at the end."""
+  config.mesh_shape = (1, 1)
+  config.batch_size, config.eval_batch_size = 2, 8
+  config.total_steps = 2
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 1
+  config.eval_every_steps = 0

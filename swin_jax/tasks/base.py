@@ -119,7 +119,7 @@ class Task(abc.ABC):
     """This host's infinite train batches, resumable with ``get_state`` / ``set_state``.
     Default: ``train_transform`` over ``config.dataset.train_split`` through the one train
     pipeline; a task that mixes sources (Soft Teacher's labelled and unlabelled images)
-    builds its own example stream and hands it to ``pipeline.batched_train_iterator``."""
+    builds its own example stream and hands it to ``pipeline.batched_train_dataset``."""
     from swin_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     return pipeline.train_iterator(self.config, process_index, process_count,
                                    self.train_transform())
