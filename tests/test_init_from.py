@@ -217,6 +217,29 @@ def test_task_model_run_gives_its_backbone(source_scan, tmp_path):
       [k.removeprefix("backbone.") for k in FEATURE_NORMS] + ["head.bias", "head.weight"])
 
 
+@pytest.mark.parametrize("source_scan", [False, True])
+def test_model_scope_takes_the_whole_task_model(source_scan, tmp_path):
+  source = tiny_nested_model(scan_blocks=source_scan)
+  source_params = _random_params(source, seed=4)
+  run = _fake_run(tmp_path / "task_run", source_params, "upernet_tiny", "ade20k")
+  source_flat = _per_block(source_params, source)
+
+  target = tiny_nested_model(scan_blocks=True)
+  params, report = init_from.load_initial(run, target, fallback_params=_filled(target, 5.0),
+                                          scope="model")
+  flat = _per_block(params, target)
+  assert flat.keys() == source_flat.keys()
+  for path, value in flat.items():   # the head too, which scope 'auto' leaves at init
+    np.testing.assert_array_equal(value, source_flat[path], err_msg=str(path))
+  assert not report.left_at_init and not report.dropped
+
+  # Strict: a source of another model is an error, not a partial load.
+  with pytest.raises(CheckpointMismatchError, match="head"):
+    init_from.load_initial(run, SwinTransformer(**CLASSIFIER), scope="model")
+  with pytest.raises(ValueError, match="scope must be one of"):
+    init_from.load_initial(run, target, scope="backbone")
+
+
 # ---------------------------------------------------------------------- classifier -> classifier
 
 

@@ -138,6 +138,10 @@ def base_config(task: str = "classification") -> ConfigDict:
   # run dir: from its dataset; anything else: 'official'), 'official' (the official Swin
   # 22K head order) or 'fall11' (sorted fall11 synsets: swin_jax's ImageNet-22K builder).
   c.init_from_label_space = "auto"
+  # What init_from fills: 'auto' (the rules of swin_jax.train.init_from: a task model takes
+  # the source's backbone) or 'model' (every param from a source of this very model, strictly:
+  # mmdet / mmseg ``load_from`` of a same-config checkpoint, e.g. a supervised burn-in).
+  c.init_from_scope = "auto"
   c.distributed = False              # call jax.distributed.initialize() (multi-host)
   return c
 

@@ -26,6 +26,9 @@ their Swin as a field (params at ``backbone/...``):
   ``head``, a dense backbone's ``norm0..3``, the task head) is dropped or stays at init. Shape
   mismatches are still errors: they mean another Swin variant, not another task.
 
+With ``scope='model'`` (``config.init_from_scope``) none of these rules apply: the source is
+this very model (a run of the same detector, say), and every param comes from it, strictly.
+
 ``load_initial`` returns a ``LoadReport`` of what was loaded, left at init and dropped.
 """
 
@@ -55,6 +58,8 @@ RUN_CONFIG_FILE = "config.json"
 # config.dataset.name of this project's ImageNet-22K builder (sorted fall11 labels).
 OWN_22K_DATASET = "imagenet22k"
 LABEL_SPACES = ("auto",) + head_map.LABEL_SPACES
+# 'auto': the rules above; 'model': the whole model from a source of the same model, strictly.
+SCOPES = ("auto", "model")
 # Where a root Swin's keys start; a prefix before it is a nested backbone's.
 _SWIN_ANCHOR = "patch_embed.proj.weight"
 
@@ -165,7 +170,7 @@ def _swin_prefix(sd: StateDict) -> str:
 
 
 def load_initial(path: str, model: nn.Module, label_space: str = "auto",
-                 fallback_params: Mapping[str, Any] | None = None
+                 fallback_params: Mapping[str, Any] | None = None, scope: str = "auto"
                  ) -> tuple[dict[str, Any], tc.LoadReport]:
   """Params for ``model`` from ``path`` (see module docstring), and what was loaded.
 
@@ -176,13 +181,22 @@ def load_initial(path: str, model: nn.Module, label_space: str = "auto",
     label_space: ``'auto'``, ``'official'`` or ``'fall11'`` (``config.init_from_label_space``).
     fallback_params: what the params not loaded keep (the run's own init, in ``model``'s
       layout); default: a fresh init (seed 0).
+    scope: ``'auto'`` (the module docstring's rules) or ``'model'``: every param of
+      ``model`` from a source of the same model (a detector run into the same detector, say
+      a supervised burn-in before Soft Teacher); any missing, unexpected or mismatched key
+      is an error.
 
   Returns:
     ``(params, report)``: the nested params (numpy float32, ``model``'s layout) and a
     ``LoadReport`` (``report.summary()`` for a log).
   """
+  if scope not in SCOPES:
+    raise ValueError(f"init_from scope must be one of {SCOPES}, got {scope!r}")
   label_space = resolve_label_space(path, label_space)
   sd = source_state_dict(path)
+  if scope == "model":
+    return tc.load_with_report(sd, model, fallback_params=fallback_params,
+                               label_space=label_space)
   if swin_unet.is_swin_unet(model):
     return _load_into_swin_unet(path, sd, model, fallback_params)
   if isinstance(model, SwinTransformer) and simmim.is_simmim_state_dict(sd):

@@ -283,7 +283,8 @@ def _init_from(config, model, tx, state, state_sharding, task):
   own = multihost_utils.process_allgather(state.params, tiled=True)
   params, report = init_from_lib.load_initial(config.init_from, model,
                                               config.init_from_label_space,
-                                              fallback_params=own)
+                                              fallback_params=own,
+                                              scope=config.init_from_scope)
   print(report.summary(), flush=True)
   params = jax.device_put(params, state_sharding.params)
   state = jax.jit(
