@@ -156,6 +156,33 @@ def test_total_loss_is_sup_plus_weighted_unsup_and_the_teacher_gets_no_gradient(
     np.testing.assert_array_equal(np.asarray(leaf), 0.0)
 
 
+def test_unsup_weight_zero_is_the_supervised_baseline_on_the_same_stream(trained):
+  """``unsup_weight=0`` (the experiment's supervised-only arm) is the detector's loss on the
+  labelled images of the very same batches, with no unsupervised term computed."""
+  config, result, _ = trained
+  config = config.copy_and_resolve_references()
+  config.task.unsup_weight = 0.0
+  task = tasks.get_task(config)
+  model = task.build_model()
+  params = jax.device_get(result.state.params)
+  batch = jax.tree.map(jnp.asarray, next(task.train_iterator()))
+  rng = jax.random.key(6)
+
+  @jax.jit
+  def both(params):
+    loss, (metrics, _) = task.loss_fn(model, params, {}, batch, rng,
+                                      extra={"teacher": params})
+    sup_rng = jax.random.split(rng, 4)[0]
+    sup, (sup_metrics, _) = detection.DetectionTask.loss_fn(task, model, params, {}, batch,
+                                                            sup_rng)
+    return loss, metrics, sup, sup_metrics
+
+  loss, metrics, sup, sup_metrics = both(params)
+  np.testing.assert_array_equal(loss, sup)
+  assert set(metrics) == {soft_teacher.SUP_PREFIX + k for k in sup_metrics}
+  assert np.isfinite(sup) and sup > 0
+
+
 def rebuilt_loss(task, model, params, teacher, batch, rng):
   """The loss from the pieces, following the official ``SoftTeacher.forward_train``."""
   cfg = task.config.task

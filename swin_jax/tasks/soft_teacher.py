@@ -24,7 +24,9 @@ student the strong ones. Per step (``loss_fn``):
 4. ``loss = sum(sup) + unsup_weight * sum(unsup)`` (4.0 partial labels, 2.0 full).
 
 Ablations (``task.soft_weights=False``: background RoIs weigh 1; ``task.box_jitter=False``:
-the regression targets are the score > 0.9 boxes, as the paper's baseline without jitter).
+the regression targets are the score > 0.9 boxes, as the paper's baseline without jitter;
+``task.unsup_weight=0``: the supervised-only baseline on the same labelled stream, with no
+teacher or unlabelled pass at all).
 Evaluation is the detection task's (COCO box AP) on the student, the official
 ``inference_on='student'``.
 
@@ -219,6 +221,11 @@ class SoftTeacherTask(detection.DetectionTask):
     sup_rng, unsup_dropout, jitter_key, samplers = jax.random.split(rng, 4)
 
     sup_loss, (sup_terms, _) = super().loss_fn(model, params, model_state, batch, sup_rng)
+    metrics = {SUP_PREFIX + k: v for k, v in sup_terms.items()}
+    if float(task.unsup_weight) == 0.0:
+      # The supervised-only baseline on the very same labelled stream: the teacher and the
+      # student's unlabelled passes would only be multiplied by zero.
+      return sup_loss, (metrics, model_state)
 
     unlabelled = {k: batch[k].reshape(-1, *batch[k].shape[2:]) for k in VIEW_KEYS}
     n = unlabelled["teacher_image"].shape[0]
@@ -259,8 +266,7 @@ class SoftTeacherTask(detection.DetectionTask):
 
     unsup_loss = sum(unsup_terms.values())
     loss = sup_loss + float(task.unsup_weight) * unsup_loss
-    metrics = {**{SUP_PREFIX + k: v for k, v in sup_terms.items()},
-               **{UNSUP_PREFIX + k: v for k, v in unsup_terms.items()},
+    metrics = {**metrics, **{UNSUP_PREFIX + k: v for k, v in unsup_terms.items()},
                "pseudo_boxes": jnp.sum(pseudo["valid"]) / n,
                "rpn_pseudo_boxes": jnp.sum(rpn_valid) / n,
                "cls_pseudo_boxes": jnp.sum(cls_valid) / n,
