@@ -70,6 +70,25 @@ def test_post_update_tracks_the_mean_teacher_hook_step_by_step():
   assert not np.allclose(state.extra["teacher"]["w"], students[-1]["w"])
 
 
+def test_burn_in_keeps_the_teacher_a_copy_then_starts_the_hook_afresh():
+  """``task.burn_in_steps=3``: after updates 1-3 the teacher is the student itself; from
+  update 4 on it follows the hook started from student 3 (momentum 0, 0.5, 2/3, ...)."""
+  rng = np.random.default_rng(1)
+  students = [{"w": rng.normal(size=(4, 3)).astype(np.float32)} for _ in range(7)]
+  config = _config()
+  config.task.burn_in_steps = 3
+  task = soft_teacher.SoftTeacherTask(config)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=students[0], opt_state={},
+                     rng=jax.random.key(0), extra=task.init_extra(students[0]))
+  hooked = mean_teacher_hook(students[3], students[3:])
+  for t in range(1, len(students)):
+    state = task.post_update(state.replace(step=jnp.asarray(t, jnp.int32),
+                                           params=jax.tree.map(jnp.asarray, students[t])))
+    want = students[t]["w"] if t <= 3 else hooked[t - 3]["w"]
+    np.testing.assert_allclose(state.extra["teacher"]["w"], want, rtol=1e-6, atol=1e-7,
+                               err_msg=f"step {t}")
+
+
 def _config():
   from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   return config_lib.base_config("soft_teacher")

@@ -16,10 +16,11 @@ from swin_jax.models.detection import pseudo_labels as pl
 from swin_jax.tasks import detection, soft_teacher
 from swin_jax.tasks.soft_teacher_losses import student_unsup_losses, teacher_pseudo_labels
 from swin_jax.train import config as config_lib
-from swin_jax.train import loop
+from swin_jax.train import init_from, loop
 from test_detection_task import tiny_config as tiny_detection_config
-from train_runs import (assert_same_state, compilation_cache_dir, persistent_compilation_cache,
-                        resume_from_checkpoint, train_losses, two_checkpointed_steps)
+from train_runs import (assert_same_state, compilation_cache_dir, metric_lines,
+                        persistent_compilation_cache, resume_from_checkpoint, train_losses,
+                        two_checkpointed_steps)
 
 pytestmark = pytest.mark.xdist_group("soft_teacher_task")
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.xdist_group("soft_teacher_task")
 def tiny_config(data_dir: str = ""):
   """The detection tests' tiny detector (without its mask head) and 16 digit scenes, half
   labelled, 2 labelled + 4 unlabelled per batch; thresholds so low that an untrained
-  teacher's detections feed every target (RPN, cls and reg)."""
+  teacher's detections feed every target (RPN, cls and reg); step 1 a burn-in step."""
   detection_config = tiny_detection_config()
   config = config_lib.base_config("soft_teacher")
   config.model = detection_config.model
@@ -40,7 +41,7 @@ def tiny_config(data_dir: str = ""):
       canvas=(64, 64), scale_range=((64, 48), (64, 64)), test_scale=(64, 64), max_instances=4,
       rpn_samples=64, rcnn_samples=32, labelled_percent=50.0, unlabelled_per_labelled=2,
       initial_score_threshold=0.0, rpn_pseudo_threshold=0.0, cls_pseudo_threshold=0.0,
-      reg_pseudo_threshold=1.0))
+      reg_pseudo_threshold=1.0, burn_in_steps=1))
   two_checkpointed_steps(config)
   config.optimizer.update(dict(name="sgd", base_lr=0.01, reference_batch_size=2,
                                schedule="step", step_steps=(1,), warmup_mode="mmcv",
@@ -97,7 +98,7 @@ def _ids_stream(source, positions):
 
 
 def test_tiny_soft_teacher_trains_with_an_ema_teacher_through_the_loop(trained):
-  config, result, _ = trained
+  config, result, workdir = trained
   for name in ("train/loss", "train/sup_loss_cls", "train/unsup_loss_cls",
                "train/unsup_loss_rpn_cls", "train/unsup_loss_bbox"):
     assert np.isfinite(result.metrics[name]), name
@@ -105,9 +106,14 @@ def test_tiny_soft_teacher_trains_with_an_ema_teacher_through_the_loop(trained):
   for name in ("train/rpn_pseudo_boxes", "train/cls_pseudo_boxes", "train/reg_pseudo_boxes"):
     assert result.metrics[name] > 0, name
   assert 0.0 <= result.metrics["eval/box_ap"] <= 1.0
+  # Step 1 is the burn-in: supervised only, no teacher pass (step 2 fed every target).
+  first = next(m for m in metric_lines(workdir) if m["step"] == 1)
+  assert first["train/sup_loss_cls"] > 0
+  for name in ("train/unsup_loss_cls", "train/unsup_loss_rpn_cls", "train/pseudo_boxes"):
+    assert first[name] == 0.0, name
   teacher, student = result.state.extra["teacher"], result.state.params
   assert jax.tree.structure(teacher) == jax.tree.structure(student)
-  # After two updates the teacher is an average of three students: not the last one.
+  # The burn-in left the teacher a copy of student 1; step 2 averaged in student 2 (m 0.5).
   moved = [not np.array_equal(t, s) for t, s in zip(jax.tree.leaves(teacher),
                                                      jax.tree.leaves(student))]
   assert any(moved)
@@ -120,6 +126,20 @@ def test_resumed_run_ends_bit_for_bit_with_the_teacher(trained, tmp_path, tmp_pa
                                  compilation_cache_dir(tmp_path_factory))
   assert dict(train_losses(resumed)) == {2: dict(train_losses(workdir))[2]}
   assert_same_state(result.state, again.state)     # teacher (state.extra) included
+
+
+def test_latest_run_extra_reads_the_teacher_from_the_checkpoint(trained):
+  """``init_from.latest_run_extra`` gives the run's model and the saved teacher (what the
+  pseudo-box figure draws from)."""
+  _, result, workdir = trained
+  model, extra = init_from.latest_run_extra(workdir)
+  assert model.num_classes == 10 and not model.with_mask
+  assert set(extra) == {"teacher"}
+  want = jax.device_get(result.state.extra["teacher"])
+  jax.tree.map(np.testing.assert_array_equal, extra["teacher"], want)
+  # The teacher is its own tree, not the student's params.
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(extra["teacher"]), jax.tree.leaves(jax.device_get(result.state.params))))
 
 
 def test_total_loss_is_sup_plus_weighted_unsup_and_the_teacher_gets_no_gradient(trained):

@@ -9,7 +9,8 @@ logging and resume exist once. A task supplies the parts that differ:
     transform = task.train_transform()      # host: example, np.random.Generator -> example
     batches = task.eval_batches(process_index, process_count)   # host: eval batches + 'mask'
     loss, (metrics, model_state) = task.loss_fn(model, params, model_state, batch, rng)
-    # a task with reads_extra = True gets the state's extra too: loss_fn(..., extra=extra)
+    # a task with reads_extra = True also gets the state's extra and step:
+    # loss_fn(..., extra=state.extra, step=state.step)
     outputs = task.eval_step(model, params, model_state, batch)     # jitted, per batch
     evaluator = task.evaluator(); evaluator.update(outputs); evaluator.result()   # host
     state = task.post_update(state)         # after each optimizer update (an EMA teacher)
@@ -74,7 +75,8 @@ class Task(abc.ABC):
   """
   name: ClassVar[str]
   # True: ``loss_fn`` also takes ``extra=`` (the train state's ``extra``, e.g. an EMA
-  # teacher it predicts with); the gradient is still taken with respect to ``params`` only.
+  # teacher it predicts with) and ``step=`` (the state's step before this update, e.g. for
+  # a burn-in); the gradient is still taken with respect to ``params`` only.
   reads_extra: ClassVar[bool] = False
 
   def __init__(self, config: ml_collections.ConfigDict):

@@ -26,7 +26,9 @@ student the strong ones. Per step (``loss_fn``):
 Ablations (``task.soft_weights=False``: background RoIs weigh 1; ``task.box_jitter=False``:
 the regression targets are the score > 0.9 boxes, as the paper's baseline without jitter;
 ``task.unsup_weight=0``: the supervised-only baseline on the same labelled stream, with no
-teacher or unlabelled pass at all).
+teacher or unlabelled pass at all). ``task.burn_in_steps=N`` (not official: a short run from
+scratch): the first N steps are supervised only, with the teacher a copy of the student; the
+EMA warm-up and the unsupervised loss start at step N.
 Evaluation is the detection task's (COCO box AP) on the student, the official
 ``inference_on='student'``.
 
@@ -85,6 +87,10 @@ class SoftTeacherTask(detection.DetectionTask):
         unlabelled_per_labelled=4,        # r: the official sample_ratio 1:4
         scale_range=((1333, 400), (1333, 1200)),   # RandResize, range mode (long, short)
         unsup_weight=4.0,
+        # Not in the official recipe (which starts from an ImageNet backbone): steps of
+        # supervised loss only, the teacher a copy of the student, before the EMA and the
+        # unsupervised loss start; for short runs from scratch (the digit-scenes demo).
+        burn_in_steps=0,
         initial_score_threshold=pl.INITIAL_SCORE_THRESHOLD,
         rpn_pseudo_threshold=pl.RPN_PSEUDO_THRESHOLD,
         cls_pseudo_threshold=pl.CLS_PSEUDO_THRESHOLD,
@@ -207,26 +213,49 @@ class SoftTeacherTask(detection.DetectionTask):
     return {"teacher": jax.tree.map(jnp.copy, params)}
 
   def post_update(self, state):
-    momentum = pl.ema_momentum(state.step, float(self.config.task.ema_momentum))
+    # During a burn-in the teacher is a copy of the student (momentum 0); the official
+    # warm-up formula then starts again at the burn-in's end.
+    since = jnp.maximum(state.step - int(self.config.task.burn_in_steps), 0)
+    momentum = pl.ema_momentum(since, float(self.config.task.ema_momentum))
     teacher = pl.ema_update(state.extra["teacher"], state.params, momentum)
     return state.replace(extra={**state.extra, "teacher": teacher})
 
   # --- the loss ---
 
-  def loss_fn(self, model, params, model_state, batch, rng, extra=None):
+  def loss_fn(self, model, params, model_state, batch, rng, extra=None, step=None):
+    """``sup + unsup_weight * unsup`` (module docstring); ``step`` (the state's step, or
+    None: past any burn-in) gates the unsupervised part during ``task.burn_in_steps``."""
     task = self.config.task
-    teacher = {"params": extra["teacher"], **model_state}
-    student = {"params": params, **model_state}
-    rpn_sampler, rcnn_sampler = self.samplers()
-    sup_rng, unsup_dropout, jitter_key, samplers = jax.random.split(rng, 4)
-
+    sup_rng, *unsup_keys = jax.random.split(rng, 4)
     sup_loss, (sup_terms, _) = super().loss_fn(model, params, model_state, batch, sup_rng)
     metrics = {SUP_PREFIX + k: v for k, v in sup_terms.items()}
-    if float(task.unsup_weight) == 0.0:
+    weight = float(task.unsup_weight)
+    if weight == 0.0:
       # The supervised-only baseline on the very same labelled stream: the teacher and the
       # student's unlabelled passes would only be multiplied by zero.
       return sup_loss, (metrics, model_state)
 
+    def unsup():
+      return self._unsup_loss(model, params, model_state, batch, extra["teacher"],
+                              *unsup_keys)
+
+    burn_in = int(task.burn_in_steps)
+    if burn_in > 0 and step is not None:
+      # Only the taken branch runs: the burn-in steps cost what supervised steps cost.
+      unsup_loss, unsup_metrics = jax.lax.cond(
+          step >= burn_in, unsup,
+          lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(unsup)))
+    else:
+      unsup_loss, unsup_metrics = unsup()
+    return sup_loss + weight * unsup_loss, ({**metrics, **unsup_metrics}, model_state)
+
+  def _unsup_loss(self, model, params, model_state, batch, teacher_params, unsup_dropout,
+                  jitter_key, samplers):
+    """``(unsup, metrics)``: steps 2-3 of the module docstring on the unlabelled views."""
+    task = self.config.task
+    teacher = {"params": teacher_params, **model_state}
+    student = {"params": params, **model_state}
+    rpn_sampler, rcnn_sampler = self.samplers()
     unlabelled = {k: batch[k].reshape(-1, *batch[k].shape[2:]) for k in VIEW_KEYS}
     n = unlabelled["teacher_image"].shape[0]
     pseudo, teacher_feats = model.apply(
@@ -264,14 +293,12 @@ class SoftTeacherTask(detection.DetectionTask):
                                       model.num_classes)
     unsup_terms["loss_cls"] = pl.soft_cls_loss(cls_score, cls_targets.labels, weights)
 
-    unsup_loss = sum(unsup_terms.values())
-    loss = sup_loss + float(task.unsup_weight) * unsup_loss
-    metrics = {**metrics, **{UNSUP_PREFIX + k: v for k, v in unsup_terms.items()},
+    metrics = {**{UNSUP_PREFIX + k: v for k, v in unsup_terms.items()},
                "pseudo_boxes": jnp.sum(pseudo["valid"]) / n,
                "rpn_pseudo_boxes": jnp.sum(rpn_valid) / n,
                "cls_pseudo_boxes": jnp.sum(cls_valid) / n,
                "reg_pseudo_boxes": jnp.sum(reg_valid) / n}
-    return loss, (metrics, model_state)
+    return sum(unsup_terms.values()), metrics
 
 
 # ------------------------------------------------------------------------------ host data

@@ -130,6 +130,14 @@ def latest_run_variables(workdir: str) -> tuple[nn.Module, dict[str, Any]]:
   return _run_model(workdir), {"params": restored["params"], **restored.get("model_state", {})}
 
 
+def latest_run_extra(workdir: str) -> tuple[nn.Module, dict[str, Any]]:
+  """Model and ``state.extra`` (numpy) of a run's newest checkpoint: what a task keeps besides
+  the params, e.g. Soft Teacher's ``{'teacher': params}``; ``{}`` for a task that keeps none."""
+  workdir = _abs(workdir)
+  restored = _restore_on_host(_latest_state_dir(workdir), ("extra",))
+  return _run_model(workdir), restored.get("extra", {})
+
+
 def resolve_label_space(path: str, label_space: str = "auto") -> str:
   """``'official'`` or ``'fall11'``: ``label_space`` itself, or for ``'auto'``, ``'fall11'``
   for a swin_jax run dir trained on this project's ImageNet-22K builder, else ``'official'``."""

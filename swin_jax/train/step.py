@@ -31,7 +31,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, task: Task,
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
 
-  extra = {"extra": state.extra} if task.reads_extra else {}
+  extra = {"extra": state.extra, "step": state.step} if task.reads_extra else {}
 
   def loss_fn(params):
     return task.loss_fn(model, params, state.model_state, batch, step_rng, **extra)
