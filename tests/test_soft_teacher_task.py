@@ -4,6 +4,8 @@ no gradient into the teacher, and a bit-exact resume of the teacher state."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +20,7 @@ from swin_jax.tasks.soft_teacher_losses import student_unsup_losses, teacher_pse
 from swin_jax.train import config as config_lib
 from swin_jax.train import init_from, loop
 from test_detection_task import tiny_config as tiny_detection_config
-from train_runs import (assert_same_state, compilation_cache_dir, metric_lines,
+from train_runs import (REPO, assert_same_state, compilation_cache_dir, metric_lines,
                         persistent_compilation_cache, resume_from_checkpoint, train_losses,
                         two_checkpointed_steps)
 
@@ -236,3 +238,28 @@ def rebuilt_loss(task, model, params, teacher, batch, rng):
   terms["loss_cls"] = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   unsup = sum(terms.values())
   return {**terms, "total": sup_loss + cfg.unsup_weight * unsup}
+
+
+def test_pseudo_box_figure_draws_the_teacher_on_unlabelled_scenes(trained, tmp_path):
+  """``experiments/soft_teacher_figure.py`` on the tiny run: the saved teacher's pseudo
+  labels on unlabelled train scenes, in source pixels, listed and drawn."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = os.path.join(REPO, "experiments", "soft_teacher_figure.py")
+  spec = importlib.util.spec_from_file_location("soft_teacher_figure", path)
+  figure = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(figure)
+  _, _, workdir = trained
+  found = figure.unlabelled_pseudo_labels(workdir, count=2, seed=0)
+  images, valid = found["images"], found["valid"]
+  assert images.shape[0] == 2 and images.dtype == np.uint8
+  assert valid.any()                     # every threshold of the tiny run is open
+  boxes = found["boxes"][valid]
+  height, width = images.shape[1:3]
+  assert (boxes >= -1e-3).all() and (boxes[:, [0, 2]] <= width + 1e-3).all()
+  assert (boxes[:, [1, 3]] <= height + 1e-3).all()
+  assert found["gt_valid"].any(axis=1).all()   # digit scenes hold 1-3 digits each
+  names = [str(d) for d in range(10)]
+  assert len(figure.describe(found, names).splitlines()) == 1 + valid.sum()
+  out = tmp_path / "pseudo_boxes.png"
+  figure.draw(found, names, "tiny").savefig(out)
+  assert out.stat().st_size > 0
