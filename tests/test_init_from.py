@@ -186,12 +186,18 @@ def test_another_variant_is_still_an_error(tmp_path):
 # ---------------------------------------------------------------------- task -> task / classifier
 
 
+def _task_model_run(tmp_path, source_scan: bool, seed: int) -> tuple[str, dict]:
+  """A fake run of the tiny nested (UperNet-like) model with random params: its dir and
+  its params per block."""
+  source = tiny_nested_model(scan_blocks=source_scan)
+  source_params = _random_params(source, seed=seed)
+  run = _fake_run(tmp_path / "task_run", source_params, "upernet_tiny", "ade20k")
+  return run, _per_block(source_params, source)
+
+
 @pytest.mark.parametrize("source_scan", [False, True])
 def test_task_model_run_gives_its_backbone(source_scan, tmp_path):
-  source = tiny_nested_model(scan_blocks=source_scan)
-  source_params = _random_params(source, seed=3)
-  run = _fake_run(tmp_path / "task_run", source_params, "upernet_tiny", "ade20k")
-  source_flat = _per_block(source_params, source)
+  run, source_flat = _task_model_run(tmp_path, source_scan, seed=3)
 
   # Into another task model (scanned): the whole backbone, feature norms included.
   target = tiny_nested_model(scan_blocks=True)
@@ -219,10 +225,7 @@ def test_task_model_run_gives_its_backbone(source_scan, tmp_path):
 
 @pytest.mark.parametrize("source_scan", [False, True])
 def test_model_scope_takes_the_whole_task_model(source_scan, tmp_path):
-  source = tiny_nested_model(scan_blocks=source_scan)
-  source_params = _random_params(source, seed=4)
-  run = _fake_run(tmp_path / "task_run", source_params, "upernet_tiny", "ade20k")
-  source_flat = _per_block(source_params, source)
+  run, source_flat = _task_model_run(tmp_path, source_scan, seed=4)
 
   target = tiny_nested_model(scan_blocks=True)
   params, report = init_from.load_initial(run, target, fallback_params=_filled(target, 5.0),

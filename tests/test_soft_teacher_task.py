@@ -144,18 +144,23 @@ def test_latest_run_extra_reads_the_teacher_from_the_checkpoint(trained):
       jax.tree.leaves(extra["teacher"]), jax.tree.leaves(jax.device_get(result.state.params))))
 
 
+def task_on_a_batch(trained, unsup_weight: float):
+  """The tiny run's task with ``unsup_weight``, its model, the trained student params and
+  the first train batch."""
+  config, result, _ = trained
+  config = config.copy_and_resolve_references()
+  config.task.unsup_weight = unsup_weight
+  task = tasks.get_task(config)
+  batch = jax.tree.map(jnp.asarray, next(task.train_iterator()))
+  return task, task.build_model(), jax.device_get(result.state.params), batch
+
+
 def test_total_loss_is_sup_plus_weighted_unsup_and_the_teacher_gets_no_gradient(trained):
   """The task's loss on a real batch equals the sum rebuilt from the component passes
   (teacher pseudo labels, view transfer, student losses, soft weights from the teacher's
   background scores), and its gradient with respect to the teacher is zero."""
-  config, result, _ = trained
-  config = config.copy_and_resolve_references()
-  config.task.unsup_weight = 3.0
-  task = tasks.get_task(config)
-  model = task.build_model()
-  params = jax.device_get(result.state.params)
-  teacher = jax.device_get(result.state.extra["teacher"])
-  batch = jax.tree.map(jnp.asarray, next(task.train_iterator()))
+  task, model, params, batch = task_on_a_batch(trained, unsup_weight=3.0)
+  teacher = jax.device_get(trained[1].state.extra["teacher"])
   rng = jax.random.key(5)
 
   def total(teacher_params):
@@ -181,13 +186,7 @@ def test_total_loss_is_sup_plus_weighted_unsup_and_the_teacher_gets_no_gradient(
 def test_unsup_weight_zero_is_the_supervised_baseline_on_the_same_stream(trained):
   """``unsup_weight=0`` (the experiment's supervised-only arm) is the detector's loss on the
   labelled images of the very same batches, with no unsupervised term computed."""
-  config, result, _ = trained
-  config = config.copy_and_resolve_references()
-  config.task.unsup_weight = 0.0
-  task = tasks.get_task(config)
-  model = task.build_model()
-  params = jax.device_get(result.state.params)
-  batch = jax.tree.map(jnp.asarray, next(task.train_iterator()))
+  task, model, params, batch = task_on_a_batch(trained, unsup_weight=0.0)
   rng = jax.random.key(6)
 
   @jax.jit
