@@ -39,3 +39,32 @@ def test_fsdp_memory_splits_params_and_moments():
   # params + mu + nu in float32, plus Adam's int32 step count.
   assert one == 3 * 4 * total + 4
   assert eight < one / 2
+
+
+def test_soft_teacher_arms_share_the_demo_detector_and_differ_in_their_switches():
+  digits = load_script("soft_teacher_digits")
+  burnin = digits.arm_config(5, 2, 500, "", digits.ARMS["supervised"])
+  arm = digits.arm_config(5, 2, 100, "", digits.ARMS["no_jitter"], init_from="/runs/burnin")
+  for config in (burnin, arm):
+    assert config.task.labelled_percent == 5.0 and config.task.fold == config.seed == 2
+    assert config.task.burn_in_steps == 0      # the shared run is the burn-in
+    assert config.model == load_script("soft_teacher_digits").load_config(
+        "configs/soft_teacher/demo.py").model
+  assert burnin.task.unsup_weight == 0.0 and not burnin.init_from
+  assert (arm.init_from, arm.init_from_scope) == ("/runs/burnin", "model")
+  assert arm.task.box_jitter is False and arm.task.soft_weights is True
+  assert arm.total_steps == 100 and tuple(arm.optimizer.step_steps) == (85,)
+
+
+def test_soft_teacher_table_pairs_each_arm_with_the_same_seeds_supervised_run():
+  digits = load_script("soft_teacher_digits")
+  aps = {"burn-in": (0.10, 0.20), "supervised": (0.30, 0.50), "soft_teacher": (0.35, 0.40),
+         "no_soft_weights": (0.30, 0.50), "no_jitter": (0.40, 0.70)}
+  runs = [dict(fraction=10.0, seed=seed, arm=arm, box_ap=values[i])
+          for arm, values in aps.items() for i, seed in enumerate((1, 2))]
+  table = digits.summarise(runs, [10.0], [1, 2])
+  rows = [line for line in table.splitlines() if line.startswith("| 10 %")]
+  assert rows[0].startswith("| 10 % | 0.150 ± 0.071 (0.100, 0.200) | 0.400 ± 0.141")
+  # soft_teacher - supervised per seed: +0.05, -0.10 -> mean -0.025
+  assert rows[1].split(" | ")[1] == "-0.025 ± 0.106 (0.050, -0.100)"
+  assert rows[1].split(" | ")[3].startswith("0.150 ± 0.071 (0.100, 0.200)")
