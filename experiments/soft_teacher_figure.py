@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from swin_jax.models.detection.pseudo_labels import CLS_PSEUDO_THRESHOLD, REG_PSEUDO_THRESHOLD
+
 ZOOM = 4   # the 64 px scenes drawn 4x, so labels stay legible
 
 
@@ -45,7 +47,7 @@ def unlabelled_pseudo_labels(run: str, count: int, seed: int) -> dict[str, np.nd
   transform = task.eval_transform()
   views = [transform(example) for example in examples]
   batch = {k: np.stack([v[k] for v in views]) for k in ("image", "image_hw", "scale_factor",
-                                                         "gt_boxes", "gt_valid")}
+                                                         "gt_boxes", "gt_labels", "gt_valid")}
   model, extra = init_from.latest_run_extra(run)
   if "teacher" not in extra:
     raise ValueError(f"{run} is not a Soft Teacher run: its checkpoint has no teacher")
@@ -60,12 +62,9 @@ def unlabelled_pseudo_labels(run: str, count: int, seed: int) -> dict[str, np.nd
   h_scale, w_scale = batch["scale_factor"][:, 0], batch["scale_factor"][:, 1]
   per_coord = np.stack([w_scale, h_scale, w_scale, h_scale], -1)[:, None, :]
   reader = task._reader(train=False)  # pylint: disable=protected-access
-  labels = [reader(example)["labels"] for example in examples]
-  gt_labels = np.zeros(batch["gt_valid"].shape, np.int32)
-  for row, lab in enumerate(labels):
-    gt_labels[row, :len(lab)] = lab[:gt_labels.shape[1]]
   return dict(images=np.stack([reader(e)["image"] for e in examples]),
-              gt_boxes=batch["gt_boxes"], gt_labels=gt_labels, gt_valid=batch["gt_valid"],
+              gt_boxes=batch["gt_boxes"], gt_labels=batch["gt_labels"],
+              gt_valid=batch["gt_valid"],
               boxes=pseudo["boxes"] / per_coord, scores=pseudo["scores"],
               classes=pseudo["classes"], valid=pseudo["valid"],
               uncertainty=pseudo["uncertainty"])
@@ -103,7 +102,9 @@ def draw(found: dict[str, np.ndarray], names, title: str):
   return fig
 
 
-def describe(found: dict[str, np.ndarray], names, cls_threshold=0.9, reg_threshold=0.02) -> str:
+def describe(found: dict[str, np.ndarray], names, cls_threshold: float = CLS_PSEUDO_THRESHOLD,
+             reg_threshold: float = REG_PSEUDO_THRESHOLD) -> str:
+  """One line per pseudo box: scene, class, score, uncertainty and the targets it feeds."""
   lines = ["scene | class | score | uncertainty | targets"]
   for i in range(len(found["images"])):
     for d in np.flatnonzero(found["valid"][i]):
@@ -129,7 +130,8 @@ def main(argv=None) -> None:
   found = unlabelled_pseudo_labels(args.run, args.count, args.seed)
   run_config = init_from.run_config(args.run)
   names = detection_class_names(run_config, int(run_config["dataset"]["num_classes"]))
-  print(describe(found, names))
+  task = run_config["task"]
+  print(describe(found, names, task["cls_pseudo_threshold"], task["reg_pseudo_threshold"]))
   fig = draw(found, names, f"Soft Teacher: the teacher on unlabelled scenes ({args.run})")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   fig.savefig(args.out, dpi=100)

@@ -4,8 +4,6 @@ no gradient into the teacher, and a bit-exact resume of the teacher state."""
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +18,8 @@ from swin_jax.tasks.soft_teacher_losses import student_unsup_losses, teacher_pse
 from swin_jax.train import config as config_lib
 from swin_jax.train import init_from, loop
 from test_detection_task import tiny_config as tiny_detection_config
-from train_runs import (REPO, assert_same_state, compilation_cache_dir, metric_lines,
+from test_experiments import load_script
+from train_runs import (assert_same_state, compilation_cache_dir, metric_lines,
                         persistent_compilation_cache, resume_from_checkpoint, train_losses,
                         two_checkpointed_steps)
 
@@ -242,11 +241,7 @@ def rebuilt_loss(task, model, params, teacher, batch, rng):
 def test_pseudo_box_figure_draws_the_teacher_on_unlabelled_scenes(trained, tmp_path):
   """``experiments/soft_teacher_figure.py`` on the tiny run: the saved teacher's pseudo
   labels on unlabelled train scenes, in source pixels, listed and drawn."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path = os.path.join(REPO, "experiments", "soft_teacher_figure.py")
-  spec = importlib.util.spec_from_file_location("soft_teacher_figure", path)
-  figure = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(figure)
+  figure = load_script("soft_teacher_figure")
   _, _, workdir = trained
   found = figure.unlabelled_pseudo_labels(workdir, count=2, seed=0)
   images, valid = found["images"], found["valid"]
