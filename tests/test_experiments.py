@@ -68,3 +68,47 @@ def test_soft_teacher_table_pairs_each_arm_with_the_same_seeds_supervised_run():
   # soft_teacher - supervised per seed: +0.05, -0.10 -> mean -0.025
   assert rows[1].split(" | ")[1] == "-0.025 ± 0.106 (0.050, -0.100)"
   assert rows[1].split(" | ")[3].startswith("0.150 ± 0.071 (0.100, 0.200)")
+
+
+def test_segmentation_figure_draws_the_runs_own_predictions_under_the_truth(tmp_path):
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import ml_collections
+  import numpy as np
+  from PIL import Image
+
+  from swin_jax.convert.torch_checkpoint import init_params
+  from swin_jax.data import digit_scenes, images, sources
+  from train_runs import fake_segmentation_run
+
+  figure = load_script("segmentation_figure")
+  overrides = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1, 2),
+                   window_size=4, num_classes=11, drop_path_rate=0.0)
+  name = "swin_unet_tiny_patch4_window7_224"
+  model = registry.create_model(name, **overrides)
+  params = init_params(model, seed=3)
+  names = ("background",) + tuple(str(d) for d in range(10))
+  dataset = dict(name=digit_scenes.dataset_name(size=32, num_train=8, num_test=4),
+                 data_dir=str(tmp_path / "tfds"), train_split="train", eval_split="test")
+  run = fake_segmentation_run(tmp_path / "run", params, name, overrides, names,
+                              dataset=dataset, task=dict(label_key="segmentation"))
+  found = figure.predict_eval_scenes(run, 3)
+
+  # Independently: the stored scenes, ImageNet-normalised, through the model.
+  source = sources.open_source(ml_collections.ConfigDict(dataset), "test")
+  stored = [source[i] for i in range(3)]
+  np.testing.assert_array_equal(found["images"], np.stack([s["image"] for s in stored]))
+  np.testing.assert_array_equal(found["labels"], np.stack([s["segmentation"] for s in stored]))
+  pixels = (found["images"] / np.float32(255) - images.IMAGENET_MEAN) / images.IMAGENET_STD
+  logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(
+      params, pixels.astype(np.float32)))
+  top2 = np.sort(logits, -1)[..., -2:]
+  clear = top2[..., 1] - top2[..., 0] > 1e-4   # near-ties another program may flip
+  np.testing.assert_array_equal(found["predictions"][clear], logits.argmax(-1)[clear])
+
+  lines = figure.describe(found)
+  assert len(lines) == 3 and all(line.startswith(f"scene {j}: truth ")
+                                 for j, line in enumerate(lines))
+  out = tmp_path / "fig" / "predictions.png"
+  assert figure.main(["--run", run, "--out", str(out), "--count", "3"]) == 0
+  assert Image.open(out).size == (480, 520)   # 3 columns of 1.6 in, 5.2 in high, 100 dpi

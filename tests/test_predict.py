@@ -3,8 +3,6 @@ segmentation overlay (colours, blend, the command on a tiny Swin-Unet run and co
 
 from __future__ import annotations
 
-import json
-import os
 
 import jax
 import numpy as np
@@ -15,11 +13,8 @@ from swin_jax.convert import params_dir
 from swin_jax.convert.torch_checkpoint import export_torch_state_dict, init_params, init_variables
 from swin_jax.data import class_names, images
 from swin_jax.models import registry
-from swin_jax.train import checkpoint as checkpoint_lib
-from swin_jax.train import config as config_lib
-from swin_jax.train import init_from
 from swin_jax.visualize import overlay
-from train_runs import finish, start_predict
+from train_runs import fake_segmentation_run, finish, start_predict
 
 TINY = dict(img_size=32, embed_dim=8, depths=(2, 2), num_heads=(1, 1), window_size=4,
             num_classes=1000)
@@ -134,26 +129,6 @@ UNET = dict(img_size=32, patch_size=4, embed_dim=8, depths=(2, 2), num_heads=(1,
 UNET_CLASSES = ("background", "disc", "ring", "bar")
 
 
-def _fake_segmentation_run(workdir, params, name=UNET_NAME, overrides=None,
-                           model_state=None) -> str:
-  """A run dir as the training loop leaves it: config.json and checkpoints/<step>/state."""
-  config = config_lib.base_config("segmentation")
-  config.model.name = name
-  config.model.overrides.update(overrides or UNET)
-  config.dataset.update(dict(name="digit_scenes/32px", num_classes=4, image_size=32))
-  config.task.class_names = UNET_CLASSES
-  os.makedirs(workdir)
-  with open(os.path.join(workdir, init_from.RUN_CONFIG_FILE), "w") as f:
-    json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
-  state = {"params": params, "step": np.int32(3)}
-  if model_state:
-    state["model_state"] = model_state
-  with checkpoint_lib.Checkpointer(workdir) as ckpt:
-    ckpt.save(3, state, {"position": 0}, force=True)
-    ckpt.wait()
-  return str(workdir)
-
-
 @pytest.fixture(scope="module")
 def segment_cli(tmp_path_factory):
   """The command on a tiny Swin-Unet: a run dir at the model's size, a converted dir at
@@ -161,7 +136,7 @@ def segment_cli(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("segment")
   model = registry.create_model(UNET_NAME, **UNET)
   params = init_params(model, seed=5)
-  run = _fake_segmentation_run(tmp / "run", params)
+  run = fake_segmentation_run(tmp / "run", params, UNET_NAME, UNET, UNET_CLASSES)
   params_dir.save_params_dir(str(tmp / "converted"), params, UNET_NAME, UNET)
   rng = np.random.default_rng(1)
   image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -250,7 +225,8 @@ def upernet_cli(tmp_path_factory):
   variables = init_variables(model, seed=2)
   params = variables["params"]
   model_state = {"batch_stats": _planted_batch_stats(variables["batch_stats"], seed=4)}
-  run = _fake_segmentation_run(tmp / "run", params, UPERNET_NAME, UPERNET, model_state)
+  run = fake_segmentation_run(tmp / "run", params, UPERNET_NAME, UPERNET, UNET_CLASSES,
+                              model_state)
   params_dir.save_params_dir(str(tmp / "converted"), params, UPERNET_NAME, UPERNET,
                              model_state=model_state)
   image = np.random.default_rng(6).integers(0, 256, (32, 32, 3), dtype=np.uint8)

@@ -16,7 +16,12 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 from jax.experimental.compilation_cache import compilation_cache
+
+from swin_jax.train import checkpoint as checkpoint_lib
+from swin_jax.train import config as config_lib
+from swin_jax.train import init_from
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_demo.py")
@@ -129,3 +134,27 @@ def two_checkpointed_steps(config) -> None:
   config.log_every_steps = 1
   config.checkpoint_every_steps = 1
   config.eval_every_steps = 0
+
+
+def fake_segmentation_run(workdir, params, name: str, overrides: dict,
+                          class_names: tuple[str, ...], model_state=None,
+                          dataset: dict | None = None, task: dict | None = None) -> str:
+  """A segmentation run dir as the training loop leaves it (config.json and
+  checkpoints/3/state) holding ``params`` (and ``model_state``) of model ``name``;
+  ``dataset`` and ``task`` update those sections of its config (default: 32 px digit scenes)."""
+  config = config_lib.base_config("segmentation")
+  config.model.name = name
+  config.model.overrides.update(overrides)
+  config.dataset.update({"name": "digit_scenes/32px", "num_classes": len(class_names),
+                         "image_size": 32, **(dataset or {})})
+  config.task.update({"class_names": class_names, **(task or {})})
+  os.makedirs(workdir)
+  with open(os.path.join(workdir, init_from.RUN_CONFIG_FILE), "w") as f:
+    json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+  state = {"params": params, "step": np.int32(3)}
+  if model_state:
+    state["model_state"] = model_state
+  with checkpoint_lib.Checkpointer(workdir) as ckpt:
+    ckpt.save(3, state, {"position": 0}, force=True)
+    ckpt.wait()
+  return str(workdir)
