@@ -21,10 +21,18 @@ What the configs reproduce:
   absolute_range 384..600 (``allow_negative_crop``) -> the same multi-scale resize; ImageNet
   mean/std; pad. Test: one keep-ratio resize to (1333, 800).
 
-Static shapes: every batch sits on one 1344 x 1344 canvas (1344 = 6 x 224 holds both
-orientations of every scale; Swin needs no extra window padding at 1344 / 4 = 336 = 48 x 7).
-A landscape 800 x 1333 image fills 60 % of it: the price of one compiled program. Grouping
-batches into a few canvas buckets (issue 13 item 2) is not implemented yet.
+Static shapes: train batches are grouped onto five canvas buckets (``task.train_buckets``,
+``TRAIN_BUCKETS``; ``swin_jax.data.detection_buckets``): each image keeps the official draws
+above (the same images and scales as one canvas would get, only regrouped, as mmdet's
+GroupSampler groups by aspect ratio), and each batch sits on the smallest bucket that holds
+all its images, so the train step compiles five times (the loop prints ``train compiles:
+N``). On a synthetic COCO-like size mix the buckets cut the padded share of the Swin-T
+backbone's window-padded tokens from 70 % (one 1344 x 1344 canvas) to 34 % and its cost to
+0.45 of the single canvas's (``experiments/detection_buckets.md``; mmdet's own per-GPU dynamic
+padding: 29 %). The buckets were chosen greedily against that cost (window padding
+included); sides whose /32 is a multiple of 7 (no window padding) came out worse, as the
+larger canvas costs more at stages 1-2 than the padding it saves at stages 3-4. Eval and init
+use ``task.canvas``, 1344 x 1344 (= 6 x 224, both orientations of the test scale).
 
 Data: TFDS ``coco/2017`` (ArrayRecord under ``dataset.data_dir``; 118,287 train / 5,000
 validation images). TFDS coco has boxes, labels and crowd flags but **no instance masks**:
@@ -46,6 +54,9 @@ MMDET_NO_DECAY_KEYWORDS = ("absolute_pos_embed", "relative_position_bias_table",
 SCHEDULES = {"1x": dict(num_epochs=12.0, step_epochs=(8.0, 11.0), drop_path_rate=0.1),
              "3x": dict(num_epochs=36.0, step_epochs=(27.0, 33.0), drop_path_rate=0.2)}
 COCO_TRAIN_IMAGES = 118_287
+# (h, w) train canvases (experiments/detection_buckets.md, "greedy 5"): the orientation pair
+# that holds every output (short side <= 800, long side <= 1333), then a square and a pair.
+TRAIN_BUCKETS = ((800, 1344), (1344, 800), (768, 768), (768, 992), (992, 768))
 
 
 def mask_rcnn_coco(model_name: str, schedule: str, **model_overrides):
@@ -65,7 +76,8 @@ def mask_rcnn_coco(model_name: str, schedule: str, **model_overrides):
   task = config.task
   task.reader = "coco"
   task.max_instances = 100                     # COCO's most per image is 93
-  task.canvas = (1344, 1344)
+  task.canvas = (1344, 1344)                   # eval (and init)
+  task.train_buckets = TRAIN_BUCKETS
   task.train_scales = dt.MSTRAIN_SCALES
   task.flip_prob = 0.5
   task.crop_prob = 0.5                         # AutoAugment: one of two policies

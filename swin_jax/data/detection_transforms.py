@@ -1,5 +1,5 @@
 """mmdet 2.11's detection pipelines (the Swin Mask R-CNN recipes) as host-side numpy, onto
-one static canvas.
+a static canvas.
 
     train = DetectionTrainTransform(canvas=(1344, 1344), scales=MSTRAIN_SCALES, ...)
     example = train(canonical_example, np.random.Generator)
@@ -25,6 +25,12 @@ Train, in the order of the Swin config (``RandomFlip(0.5)``, ``AutoAugment``, ``
    OpenCV's bilinear resize (bit-exact, ``mmseg_transforms.resize_bilinear``), masks by
    nearest, boxes times ``(new_w / w, new_h / h)`` (float32) and clipped to the new size;
 5. ImageNet mean/std on 0..255 (RGB), then zero padding to the canvas (bottom and right).
+
+Every draw depends on the source size alone: ``train.plan((H, W), rng)`` returns them as a
+``TrainGeometry`` (its ``out_hw`` is the size step 4 gives) and ``train.place(train.read(
+example), geometry, canvas)`` carries them out, so ``train(example, rng)`` is
+``place(read(example), plan(size, rng))``. Canvas buckets (``detection_buckets``) use the
+plan to choose each example's canvas before reading its pixels.
 
 ``image_hw`` is the resized size (mmdet's ``img_shape``): proposals and detections clip to it,
 and anchors and mask targets use its multiple of 32 (``pad_shape``). Static shapes: the ground
@@ -208,9 +214,26 @@ def drop_crowd(example: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainGeometry:
+  """One example's train draws, which depend on its source size alone (``plan``):
+  ``flip``; the crop branch's first resize ``crop_hw`` and its crop ``crop_box = (y0, x0,
+  y1, x1)`` (both None off the branch); the Resize target ``scale`` and the size it gives,
+  ``out_hw`` (before any shrink to a canvas)."""
+  flip: bool
+  crop_hw: Optional[tuple[int, int]]
+  crop_box: Optional[tuple[int, int, int, int]]
+  scale: tuple[int, int]
+  out_hw: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
 class DetectionTrainTransform:
   """``(example, rng) -> train example`` (the module docstring's steps). ``reader`` maps a
-  dataset example to the canonical one; ``with_masks`` adds ``gt_masks``."""
+  dataset example to the canonical one; ``with_masks`` adds ``gt_masks``.
+
+  The call is ``apply(example, plan(size, rng))``: every draw depends only on the source
+  size, so a planner that knows the sizes can see each example's output size (and choose
+  its canvas, ``detection_buckets``) before reading any pixels."""
   canvas: tuple[int, int]
   reader: Reader
   scales: tuple[tuple[int, int], ...] = MSTRAIN_SCALES
@@ -227,19 +250,46 @@ class DetectionTrainTransform:
     if not self.scales:
       raise ValueError("scales must name at least one (long, short) resize target")
 
-  def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+  def plan(self, size: tuple[int, int], rng: np.random.Generator) -> TrainGeometry:
+    """The draws for a source image of ``size = (H, W)``, in the order ``__call__`` has
+    always made them (flip, crop branch, crop scale, crop size, crop offset, scale)."""
+    flip = bool(rng.random() < self.flip_prob)
+    hw = tuple(int(s) for s in size)
+    crop_hw = crop_box = None
+    if self.crop_prob > 0 and rng.random() < self.crop_prob:
+      crop_hw = mt.keep_ratio_rescale_size(hw, self.crop_scales[
+          int(rng.integers(len(self.crop_scales)))])
+      ch, cw = crop_size(rng, crop_hw, self.crop_size)
+      oy = int(rng.integers(0, max(crop_hw[0] - ch, 0) + 1))
+      ox = int(rng.integers(0, max(crop_hw[1] - cw, 0) + 1))
+      crop_box = (oy, ox, oy + ch, ox + cw)
+      hw = (ch, cw)
+    scale = tuple(self.scales[int(rng.integers(len(self.scales)))])
+    return TrainGeometry(flip, crop_hw, crop_box, scale, mt.keep_ratio_rescale_size(hw, scale))
+
+  def read(self, example: dict[str, Any]) -> dict[str, Any]:
+    """A dataset example -> canonical, crowd instances dropped."""
     example = drop_crowd(self.reader(example))
     if self.with_masks and "masks" not in example:
       raise ValueError("this detector trains masks but the example has none (TFDS coco has "
                        "no instance masks: set task.train_annotations to the COCO JSON)")
-    if rng.random() < self.flip_prob:
+    return example
+
+  def place(self, example: dict[str, Any], geometry: TrainGeometry,
+            canvas: Optional[tuple[int, int]] = None) -> dict[str, np.ndarray]:
+    """``geometry`` on a canonical example (``read``), padded onto ``canvas`` (default
+    ``self.canvas``; an output larger than it is shrunk to fit)."""
+    canvas = tuple(canvas or self.canvas)
+    if geometry.flip:
       example = hflip(example)
-    if self.crop_prob > 0 and rng.random() < self.crop_prob:
-      scale = self.crop_scales[int(rng.integers(len(self.crop_scales)))]
-      example = random_crop(keep_ratio_resize(example, scale), rng, self.crop_size)
-    scale = self.scales[int(rng.integers(len(self.scales)))]
-    example = keep_ratio_resize(example, scale, self.canvas)
-    return to_canvas(example, self.canvas, self.max_instances, self.with_masks)
+    if geometry.crop_box is not None:
+      example = crop(resize_to(example, geometry.crop_hw), geometry.crop_box)
+    example = keep_ratio_resize(example, geometry.scale, canvas)
+    return to_canvas(example, canvas, self.max_instances, self.with_masks)
+
+  def __call__(self, example: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+    example = self.read(example)
+    return self.place(example, self.plan(example["image"].shape[:2], rng))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """Object detection and instance segmentation (Mask R-CNN / Faster R-CNN on Swin + FPN).
 
-Train batches, on one static canvas ``(Hc, Wc)`` (``task.canvas``, multiples of 32):
+Train batches, on a static canvas ``(Hc, Wc)`` (multiples of 32): ``task.canvas``, or with
+``task.train_buckets`` each batch on one of those canvases, the smallest that holds its
+images (``swin_jax.data.detection_buckets``: the same images and draws as the one-canvas
+stream, grouped by output size; the step compiles once per canvas, ``train compiles: N``):
 
     image      float32 (B, Hc, Wc, 3)   ImageNet-normalised, zero-padded bottom/right
     image_hw   int32   (B, 2)           the resized image's size inside the canvas
@@ -45,6 +48,7 @@ import ml_collections
 import numpy as np
 
 from swin_jax.data import coco as coco_lib
+from swin_jax.data import detection_buckets
 from swin_jax.data import detection_transforms as dt
 from swin_jax.data import digit_scenes
 from swin_jax.models.detection import anchors as anchors_lib
@@ -167,6 +171,8 @@ class DetectionTask(base.Task):
         max_instances=100,             # G: ground truth padded (or cut) to this many
         canvas=(0, 0),                 # static (H, W) of every batch; (0, 0): a square that
                                        # holds every train and test scale
+        train_buckets=(),              # train canvases ((h, w), ...): each batch on one, one
+                                       # compile each (detection_buckets); (): task.canvas
         train_scales=(dt.TEST_SCALE,),   # Resize targets (long, short), one drawn per image
         flip_prob=0.5,                 # RandomFlip, horizontal
         crop_prob=0.0,                 # AutoAugment's resize-crop-resize policy (recipe: 0.5)
@@ -227,6 +233,11 @@ class DetectionTask(base.Task):
                        f"{dt.SIZE_DIVISOR} (or (0, 0))")
     return canvas
 
+  def train_buckets(self) -> tuple[tuple[int, int], ...]:
+    """``task.train_buckets`` validated against the train scales (``()``: one canvas)."""
+    task = self.config.task
+    return detection_buckets.parse_buckets(task.train_buckets, tuple(task.train_scales))
+
   def category_ids(self) -> tuple[int, ...]:
     ids = tuple(int(c) for c in self.config.task.category_ids)
     k = int(self.config.dataset.num_classes)
@@ -256,6 +267,12 @@ class DetectionTask(base.Task):
     return model.init(rng, jnp.zeros(image.shape, image.dtype), method=create_heads)
 
   def batch_spec(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """Shapes on ``canvas()`` (with ``task.train_buckets`` a train batch is on one of those
+    canvases instead; only the spatial sizes differ)."""
+    if (self.config.task.train_buckets and
+        type(self).train_iterator is not DetectionTask.train_iterator):
+      raise ValueError(f"task.train_buckets is not supported by the {self.name} task (it "
+                       "builds its own train stream on task.canvas); set it to ()")
     h, w = self.canvas()
     g = int(self.config.task.max_instances)
     spec = {"image": jax.ShapeDtypeStruct((batch_size, h, w, 3), jnp.float32),
@@ -286,6 +303,32 @@ class DetectionTask(base.Task):
         crop_prob=float(task.crop_prob), crop_scales=tuple(tuple(s) for s in task.crop_scales),
         crop_size=tuple(task.crop_size), max_instances=int(task.max_instances),
         with_masks=self.with_masks)
+
+  def train_iterator(self, process_index: int = 0, process_count: int = 1):
+    """With ``task.train_buckets``, batches grouped onto those canvases
+    (``detection_buckets.BucketedTrainIterator``: the one-canvas stream of images and draws,
+    regrouped); otherwise the one train pipeline on ``task.canvas``."""
+    buckets = self.train_buckets()
+    if not buckets:
+      return super().train_iterator(process_index, process_count)
+    from swin_jax.data import sources  # pylint: disable=import-outside-toplevel  (TFDS)
+    config = self.config
+    split = config.dataset.train_split
+    transform = self.train_transform()
+    sizes = detection_buckets.train_image_sizes(config.dataset, split, self._data_dir())
+    if config.dataset.num_workers > 0:
+      logging.warning("task.train_buckets reads with %d threads; dataset.num_workers=%d "
+                      "worker processes are not used", config.dataset.read_threads,
+                      config.dataset.num_workers)
+    shares = detection_buckets.bucket_counts(sizes, transform, buckets, config.seed,
+                                             min(1000, 10 * len(sizes)))
+    shares = shares / shares.sum()
+    print("train buckets (share of the first images): " + ", ".join(
+        f"{h}x{w} {p:.0%}" for (h, w), p in zip(buckets, shares)), flush=True)
+    return detection_buckets.BucketedTrainIterator(
+        sources.open_source(config.dataset, split), sizes, transform, buckets,
+        config.batch_size, config.seed, process_index, process_count,
+        threads=config.dataset.read_threads)
 
   def eval_transform(self):
     task = self.config.task

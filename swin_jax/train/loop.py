@@ -134,6 +134,19 @@ def _compiled_programs(jitted) -> int:
   return int(cache_size()) if callable(cache_size) else 0
 
 
+def _note_train_compiles(train_fn, known: int, batch) -> int:
+  """Prints ``train compiles: N`` when the step has just compiled its N-th program. ``jit``
+  compiles one per distinct batch shape (a task whose batches take a few static shapes,
+  e.g. detection's ``task.train_buckets``, compiles one per shape); returns N."""
+  count = _compiled_programs(train_fn)
+  if count > known:
+    image = batch.get("image") if isinstance(batch, dict) else None
+    shape = f" (image {tuple(image.shape)})" if image is not None else ""
+    logging.info("train compiles: %d%s", count, shape)
+    print(f"train compiles: {count}{shape}", flush=True)
+  return max(count, known)
+
+
 def sharded_train_step(task, model, tx, schedule, state_sharding: Any,
                        mesh: jax.sharding.Mesh):
   """The jitted ``train_step``: state sharded as ``state_sharding`` and donated, the batch
@@ -219,6 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
         f"({steps_per_epoch} per epoch) on mesh {dict(mesh.shape)}, workdir {workdir}",
         flush=True)
 
+  train_programs = 0
+
   def save(at_step: int, force: bool = False) -> None:
     checkpointer.save(at_step, state, train_iter.get_state(), force=force)
 
@@ -232,6 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> RunRe
           return RunResult(state, last)
         batch = sharding_lib.global_batch(next(train_iter), mesh)
         state, metrics = train_fn(state, batch)
+        train_programs = _note_train_compiles(train_fn, train_programs, batch)
         step += 1
         log_now = step % config.log_every_steps == 0 or step == total_steps
         save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
