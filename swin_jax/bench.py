@@ -29,7 +29,8 @@ and with ``--vs timm`` (or ``--vs torch``) the same throughputs for the PyTorch 
 (eager, no ``torch.compile``, same threads, NCHW input) plus the ratios swin_jax / PyTorch:
 ``timm.create_model(name)`` for the classifiers, and for Swin-Unet
 (``swin_unet_tiny_patch4_window7_224``) the reference assembled from timm's blocks
-(``swin_jax.oracles.torch_swin_unet``, the one the parity tests check against). The report
+(``swin_jax.oracles.torch_swin_unet``, the one the parity tests check against), and for
+nnFormer, UperNet and the detectors the ``swin_jax.oracles`` references below. The report
 keeps the PyTorch side under ``timm`` in either case; ``reference`` names the model.
 
 SimMIM models (``simmim_*``) take images and the official masks (32 px cells, ratio 0.6)
@@ -53,6 +54,23 @@ output, so one term. The PyTorch side is the official network rebuilt
 as nnU-Net's trainer sets it. No scan or remat options (the ``options`` column shows what
 applies); no official-formula MACs.
 
+UperNet rows (``upernet_swin_*_patch4_window7_512``) take 512 x 512 images (``--img_size``:
+another square) and keep their BatchNorm statistics as the train state's ``model_state``.
+Forward: eval-mode logits at the input size (BN on its running statistics). Train, both
+sides: mmseg's CE(decode) + 0.4 CE(aux) on random labels (the segmentation task's
+``ce_aux``), BN in train mode, drop path on, and the ADE20K recipe's AdamW (``MM_ADAMW``).
+The PyTorch side is mmdet 3.3.0's ``SwinTransformer`` with mmsegmentation 1.2.2's
+``UPerHead`` and ``FCNHead`` (``swin_jax.oracles.torch_upernet``).
+
+Detector rows (``mask_rcnn_swin_*`` / ``faster_rcnn_swin_*``) take the 800 x 1344 canvas of
+the official test scale (1333 x 800 padded to 32; ``--img_size``: a square canvas, a
+multiple of 32), each image filling it. Forward: the test path (RPN proposals, NMS, 100
+detections, their 28x28 masks; no paste). Train, both sides: the two-stage loss (RPN, R-CNN
+and mask terms with the official assigners and samplers; swin_jax's ``detection`` task) on
+``synthetic_instances`` (``DETECTION_INSTANCES`` random boxes per image, their rectangles as
+masks) and the COCO recipe's AdamW. The PyTorch side is mmdet 3.3.0's ``MaskRCNN``
+(``swin_jax.oracles.torch_mask_rcnn``), mmcv's compiled ops run through torchvision.
+
 Timings are medians over ``--repeats`` runs after ``--warmup`` runs. Each (framework, model,
 batch) runs in its own worker process (unless ``--no_isolate``), so RSS peaks are not
 mixed up and torch/JAX never share a process.
@@ -61,7 +79,9 @@ mixed up and torch/JAX never share a process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
 import json
 import math
 import os
@@ -72,6 +92,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from typing import Any, Sequence
 
 from swin_jax import cli
@@ -115,9 +136,26 @@ def is_nnformer(model: Any) -> bool:
   return isinstance(model, NnFormer)
 
 
+def is_upernet(model: Any) -> bool:
+  """Whether ``model`` is an UperNet (Swin backbone, BatchNorm heads, ``batch_stats``)."""
+  from swin_jax.models.upernet import UperNet  # pylint: disable=import-outside-toplevel
+  return isinstance(model, UperNet)
+
+
+def is_detector(model: Any) -> bool:
+  """Whether ``model`` is a Mask R-CNN / Faster R-CNN (boxes and masks, not class maps)."""
+  from swin_jax.models.detection import MaskRCNN  # pylint: disable=import-outside-toplevel
+  return isinstance(model, MaskRCNN)   # FasterRCNN subclasses it
+
+
 def is_dense(model: Any) -> bool:
-  """Whether ``model`` labels every pixel / voxel (Swin-Unet, nnFormer)."""
-  return is_swin_unet(model) or is_nnformer(model)
+  """Whether ``model`` labels every pixel / voxel (Swin-Unet, nnFormer, UperNet)."""
+  return is_swin_unet(model) or is_nnformer(model) or is_upernet(model)
+
+
+def has_torch_reference(model: Any) -> bool:
+  """Whether ``--vs torch`` measures one of ``swin_jax.oracles``' references (not timm)."""
+  return is_dense(model) or is_detector(model)
 
 
 def train_task(model: Any) -> str:
@@ -126,12 +164,17 @@ def train_task(model: Any) -> str:
     return "simmim"
   if is_nnformer(model):
     return "volume_segmentation"
-  return "segmentation" if is_swin_unet(model) else "classification"
+  if is_detector(model):
+    return "detection"
+  return "segmentation" if is_swin_unet(model) or is_upernet(model) else "classification"
 
 
 def the_swin(model: Any) -> Any:
-  """The module holding the image geometry and layout options (SimMIM's encoder)."""
-  return model.encoder if is_simmim(model) else model
+  """The module holding the image geometry and layout options (SimMIM's encoder, UperNet's
+  and the detectors' backbone)."""
+  if is_simmim(model):
+    return model.encoder
+  return model.backbone if is_upernet(model) or is_detector(model) else model
 
 
 def is_scanned(model: Any) -> bool:
@@ -162,7 +205,32 @@ def without_scan(model: Any) -> Any:
     return model
   if is_simmim(model):
     return model.clone(encoder=model.encoder.clone(scan_blocks=False))
+  if is_upernet(model) or is_detector(model):
+    return model.clone(backbone=model.backbone.clone(scan_blocks=False))
   return model.clone(scan_blocks=False)
+
+
+def unscanned_params(model: Any, params: Any) -> Any:
+  """``params`` of the scanned ``model`` in its unscanned twin's layout."""
+  from swin_jax.models import scan_layout  # pylint: disable=import-outside-toplevel
+  if is_swin_unet(model):
+    from swin_jax.convert import swin_unet  # pylint: disable=import-outside-toplevel
+    return swin_unet.unstack_scanned(params, model)
+  swin = the_swin(model)
+  if swin is model:
+    return scan_layout.unstack_blocks(params, model.depths)
+  key = "encoder" if is_simmim(model) else "backbone"
+  return dict(params, **{key: scan_layout.unstack_blocks(params[key], swin.depths)})
+
+
+def init_variables(model: Any, rng: Any, *inputs: Any) -> Any:
+  """``model.init``'s variables (``params`` and, for UperNet, ``batch_stats``) on
+  ``model_inputs``; a detector's through ``create_heads`` (every head, without compiling
+  the test path's proposals and NMS)."""
+  if is_detector(model):
+    from swin_jax.tasks import detection  # pylint: disable=import-outside-toplevel
+    return model.init(rng, *inputs, method=detection.create_heads)
+  return model.init(rng, *inputs, train=False)
 
 
 def model_inputs(model: Any, batch: int, size: Sequence[int], seed: int = 0) -> tuple[Any, ...]:
@@ -323,6 +391,12 @@ def _paper(name: str, model: Any, hw: tuple[int, int]) -> float | None:
   return None
 
 
+def _forward(model: Any, variables: Any, *inputs: Any) -> Any:
+  """The measured forward: eval mode, BatchNorm on its running statistics; a detector's
+  test path (boxes, scores, classes, 28x28 masks)."""
+  return model.apply(variables, *inputs, train=False)
+
+
 def forward_macs(model: Any, batch: int = 1, img_size: int | Sequence[int] | None = None,
                  name: str = "") -> dict[str, Any]:
   """The MAC figures of ``measure_jax`` without running anything (abstract params).
@@ -334,10 +408,9 @@ def forward_macs(model: Any, batch: int = 1, img_size: int | Sequence[int] | Non
   model = without_scan(model)
   size = input_size(model, img_size)
   inputs = jax.eval_shape(lambda: model_inputs(model, batch, size))
-  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             *model_inputs(model, 1, size)))["params"]
-  lowered = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs, train=False)).lower(
-      params, *inputs)
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0),
+                                                    *model_inputs(model, 1, size)))
+  lowered = jax.jit(functools.partial(_forward, model)).lower(variables, *inputs)
   compiled = lowered.compile()
   return _macs_dict(_cost(compiled), stablehlo_matmul_macs(lowered.as_text()),
                     _analytic(model, size), batch, _paper(name, model, size))
@@ -391,52 +464,88 @@ def _summary(times: list[float], batch: int) -> dict[str, Any]:
 # swin_jax.
 
 
+def synthetic_instances(batch: int, size: Sequence[int], num_classes: int,
+                        num: int | None = None, seed: int = 0) -> dict[str, Any]:
+  """The detection rows' ground truth, the same numpy arrays on both sides: ``num``
+  (``DETECTION_INSTANCES``) boxes per image, ``boxes (B, G, 4)`` x1y1x2y2 float32 on whole
+  pixels, 5-50% of the canvas side each way, ``labels (B, G)``, ``valid (B, G)`` (all True)
+  and ``masks (B, G, H, W)`` bool, each box's rectangle."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  num = num or DETECTION_INSTANCES
+  rng = np.random.default_rng(seed)
+  h, w = size
+  side = np.array([w, h], np.float64)
+  wh = np.round(rng.uniform(0.05, 0.5, (batch, num, 2)) * side)
+  xy = np.floor(rng.uniform(0.0, 1.0, (batch, num, 2)) * (side - wh))
+  boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+  masks = np.zeros((batch, num, h, w), bool)
+  for b in range(batch):
+    for g, (x0, y0, x1, y1) in enumerate(boxes[b].astype(int)):
+      masks[b, g, y0:y1, x0:x1] = True
+  return dict(boxes=boxes, labels=rng.integers(0, num_classes, (batch, num)).astype(np.int32),
+              valid=np.ones((batch, num), bool), masks=masks)
+
+
+def _train_batch(model: Any, inputs: Sequence[Any], size: Sequence[int], rng: Any,
+                 seed: int) -> dict[str, Any]:
+  """The train step's batch for ``model``'s task on ``inputs`` (``model_inputs``): random
+  class labels per image, or per pixel / voxel for the dense models; SimMIM's masks (its
+  target is the image itself); a detector's ``synthetic_instances`` on the whole canvas."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  images = inputs[0]
+  batch = images.shape[0]
+  task_name = train_task(model)
+  if task_name == "simmim":
+    return {"image": images, "patch_mask": inputs[1]}
+  if task_name == "detection":
+    gt = synthetic_instances(batch, size, model.num_classes, seed=seed)
+    out = {"image": images, "image_hw": jnp.tile(jnp.asarray([size], jnp.int32), (batch, 1)),
+           "gt_boxes": gt["boxes"], "gt_labels": gt["labels"], "gt_valid": gt["valid"]}
+    if model.with_mask:
+      out["gt_masks"] = gt["masks"]
+    return jax.tree.map(jnp.asarray, out)
+  label_shape = (batch, *size) if is_dense(model) else (batch,)
+  return {"image": images,
+          "label": jax.random.randint(rng, label_shape, 0, max(model.num_classes, 1))}
+
+
 def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, warmup: int = 2,
                 iters: int = 1, skip_train: bool = False,
                 img_size: int | Sequence[int] | None = None, seed: int = 0) -> dict[str, Any]:
   """All swin_jax figures for one model object and batch (see the module docstring)."""
-  import functools  # pylint: disable=import-outside-toplevel
-
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   from swin_jax import tasks  # pylint: disable=import-outside-toplevel
-  from swin_jax.models import scan_layout  # pylint: disable=import-outside-toplevel
+  from swin_jax.tasks import base as task_base  # pylint: disable=import-outside-toplevel
   from swin_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
   from swin_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
 
-  swin = the_swin(model)
   size = input_size(model, img_size)
   rss_start = _rss_mb()
   rng = jax.random.PRNGKey(seed)
   inputs = model_inputs(model, batch, size, seed)
-  images = inputs[0]
   task_name = train_task(model)
-  dense = is_dense(model)
-  pretrain = task_name == "simmim"
-  # A class per image, or per pixel / voxel for Swin-Unet / nnFormer; SimMIM's target is the
-  # image itself.
-  num_classes = 1 if pretrain else max(model.num_classes, 1)
-  label_shape = (batch, *size) if dense else (batch,)
-  labels = jax.random.randint(rng, label_shape, 0, num_classes)
-  # Random params, untimed: the init program is compiled at XLA's lowest backend optimisation
-  # level (nnFormer's init, one RNG draw per param, otherwise compiles for minutes on CPU).
-  init = jax.jit(lambda r: model.init(r, *[x[:1] for x in inputs], train=False)["params"])
-  params = init.lower(rng).compile(INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu"
-                                   else None)(rng)
+  # Random variables, untimed: the init program is compiled at XLA's lowest backend
+  # optimisation level (nnFormer's init, one RNG draw per param, otherwise compiles for
+  # minutes on CPU). UperNet's BatchNorm statistics come back as the model state.
+  init = jax.jit(lambda r: init_variables(model, r, *[x[:1] for x in inputs]))
+  variables = init.lower(rng).compile(INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu"
+                                      else None)(rng)
+  params, model_state = task_base.split_variables(variables)
   num_params = sum(int(x.size) for x in jax.tree.leaves(params))
   res: dict[str, Any] = dict(num_params=num_params, img_size=list(size))
 
   # Forward.
-  forward = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs, train=False))
+  forward = jax.jit(functools.partial(_forward, model))
   start = time.perf_counter()
-  lowered = forward.lower(params, *inputs)
+  lowered = forward.lower(variables, *inputs)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
 
   def run_forward():
-    jax.block_until_ready(compiled(params, *inputs))
+    jax.block_until_ready(compiled(variables, *inputs))
 
   start = time.perf_counter()
   run_forward()
@@ -452,7 +561,8 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
 
   # Train step: the real one, the optimizer from the recipe's optimizer code.
   if not skip_train:
-    config = _train_config(task_name, name, batch, size[0], num_classes)
+    num_classes = 1 if task_name == "simmim" else max(model.num_classes, 1)
+    config = _train_config(task_name, name, batch, size, num_classes, recipe_optimizer(model))
     tx, schedule = optimizer_lib.make_optimizer(config, total_steps=10_000,
                                                 steps_per_epoch=1_000)
     task = tasks.get_task(config)
@@ -461,22 +571,14 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
       return jax.jit(functools.partial(step_lib.train_step, task=task, model=m, tx=tx,
                                        schedule=schedule), donate_argnums=0)
 
-    state = state_lib.create_train_state(params, tx, rng)
-    batch_data = ({"image": images, "patch_mask": inputs[1]} if pretrain else
-                  {"image": images, "label": labels})
+    state = state_lib.create_train_state(params, tx, rng, model_state)
+    batch_data = _train_batch(model, inputs, size, rng, seed)
     start = time.perf_counter()
     compiled_train = jitted_train_step(model).lower(state, batch_data).compile()
     train_compile_s = time.perf_counter() - start
     if is_scanned(model):  # the unscanned twin, compiled only for its cost analysis
-      if is_swin_unet(model):
-        from swin_jax.convert import swin_unet  # pylint: disable=import-outside-toplevel
-        twin_params = swin_unet.unstack_scanned(params, model)
-      elif pretrain:
-        twin_params = dict(params, encoder=scan_layout.unstack_blocks(params["encoder"],
-                                                                      swin.depths))
-      else:
-        twin_params = scan_layout.unstack_blocks(params, model.depths)
-      twin_state = state_lib.create_train_state(twin_params, tx, rng)
+      twin_state = state_lib.create_train_state(unscanned_params(model, params), tx, rng,
+                                                model_state)
       train_cost = _cost(jitted_train_step(without_scan(model)).lower(
           twin_state, batch_data).compile())
     else:
@@ -491,10 +593,14 @@ def measure_jax(model: Any, batch: int, *, name: str = "", repeats: int = 5, war
     run_train()
     train_first_s = time.perf_counter() - start
     times = _timings(run_train, warmup, repeats, iters)
-    loss = float(compiled_train(holder["state"], batch_data)[1]["train/loss"])
+    _, metrics = compiled_train(holder["state"], batch_data)
+    # The task's own terms (e.g. UperNet's ce / aux_ce, the detector's five losses).
+    terms = {k.removeprefix("train/"): float(v) for k, v in metrics.items()
+             if k not in ("train/loss", "train/lr", "train/grad_norm", "train/update_norm")}
     res["train"] = dict(**_summary(times, batch), compile_s=train_compile_s,
                         first_call_s=train_first_s, xla_memory=_memory(compiled_train),
-                        rss_peak_mb=_maxrss_mb(), final_loss=loss)
+                        rss_peak_mb=_maxrss_mb(), final_loss=float(metrics["train/loss"]),
+                        loss_terms=terms)
     res["macs"]["xla_train_per_img"] = train_cost.get("flops", float("nan")) / 2 / batch
   res["rss_start_mb"] = rss_start
   return res
@@ -511,37 +617,78 @@ DENSE_SGD = {
 }
 
 
-def _train_config(task: str, name: str, batch: int, size: int, num_classes: int) -> Any:
+# The official AdamW of the OpenMMLab recipes, on both sides of their rows (torch's lr is
+# ``base_lr``; swin_jax's reference batch is the batch): betas (0.9, 0.999), no clipping, no
+# decay for names holding one of ``MM_NO_DECAY`` (biases and BN weights decay).
+# UperNet: configs/upernet/common.py (mmseg ADE20K 160k). Detection: configs/detection/common.py.
+MM_ADAMW = {
+    "upernet": dict(base_lr=6e-5, weight_decay=0.01),
+    "detection": dict(base_lr=1e-4, weight_decay=0.05),
+}
+MM_NO_DECAY = ("absolute_pos_embed", "relative_position_bias_table", "norm")
+# Ground-truth instances per image of the detection rows (COCO train2017 averages 7.3).
+DETECTION_INSTANCES = 8
+
+
+def recipe_optimizer(model: Any) -> dict[str, Any] | None:
+  """The official optimizer of a model benched beside one of ``swin_jax.oracles``'
+  references, used on both sides: ``{'name': 'sgd', **DENSE_SGD[task]}`` (Swin-Unet,
+  nnFormer) or ``{'name': 'adamw', **MM_ADAMW[family]}`` (UperNet, detectors); None for
+  the others (``base_config()``'s AdamW)."""
+  if is_upernet(model) or is_detector(model):
+    return dict(MM_ADAMW["upernet" if is_upernet(model) else "detection"], name="adamw")
+  if is_dense(model):
+    return dict(DENSE_SGD[train_task(model)], name="sgd")
+  return None
+
+
+def _train_config(task: str, name: str, batch: int, size: Sequence[int], num_classes: int,
+                  optimizer: dict[str, Any] | None = None) -> Any:
   """The run config of the measured train step.
 
   Classifiers: ``base_config()`` (AdamW, clipping 5, no-decay mask), mixup off. Swin-Unet:
   the segmentation task (0.4 CE + 0.6 Dice) with the official ``trainer.py`` optimizer, SGD
   momentum 0.9 and weight decay 1e-4 on every param, no clipping. nnFormer: the
   volume_segmentation task (nnU-Net's Dice + CE over the deep-supervision outputs) with
-  nnU-Net's SGD (``DENSE_SGD``). SimMIM: its task (masked L1) with the same AdamW (the
-  pretraining recipe's: clipping 5, mask token not decayed).
+  nnU-Net's SGD (``DENSE_SGD``). UperNet: the segmentation task's mmseg loss (``ce_aux``:
+  CE(decode) + 0.4 CE(aux), ignore 255) with the ADE20K AdamW (``MM_ADAMW``). Detectors: the
+  detection task (mmdet's RPN + R-CNN + mask losses, the official samplers) on a canvas of
+  ``size`` with ``DETECTION_INSTANCES`` instances and the COCO AdamW. SimMIM: its task
+  (masked L1) with the same AdamW as the classifiers (the pretraining recipe's: clipping 5,
+  mask token not decayed). ``optimizer``: ``recipe_optimizer``'s.
   """
   from swin_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   config = config_lib.base_config(task)
   config.batch_size = batch
   config.optimizer.warmup_epochs = 1.0
   config.dataset.num_classes = num_classes
-  config.dataset.image_size = size
-  if task in DENSE_SGD:
-    sgd = dict(DENSE_SGD[task])
-    sgd["reference_batch_size"] = sgd["reference_batch_size"] or batch
+  config.dataset.image_size = size[0]
+  optimizer = dict(optimizer or {})
+  kind = optimizer.pop("name", None)
+  if kind == "sgd":
+    optimizer["reference_batch_size"] = optimizer["reference_batch_size"] or batch
     config.optimizer.update(dict(name="sgd", schedule="poly", warmup_epochs=0.0,
-                                 no_decay_1d_and_bias=False, no_decay_keywords=(), **sgd))
-  elif task == "classification":
+                                 no_decay_1d_and_bias=False, no_decay_keywords=(),
+                                 **optimizer))
+  elif kind == "adamw":
+    config.optimizer.update(dict(name="adamw", reference_batch_size=batch, b1=0.9, b2=0.999,
+                                 eps=1e-8, clip_grad_norm=0.0, no_decay_1d_and_bias=False,
+                                 no_decay_keywords=MM_NO_DECAY, **optimizer))
+  if task == "classification":
     config.task.mixup.mixup_alpha = 0.0
     config.task.mixup.cutmix_alpha = 0.0
+  elif task == "segmentation" and kind == "adamw":
+    config.task.loss = "ce_aux"
+  elif task == "detection":
+    config.task.canvas = tuple(size)
+    config.task.max_instances = DETECTION_INSTANCES
   if name:
     config.model.name = name
   return config
 
 
 # ----------------------------------------------------------------------------------------
-# PyTorch: timm's classifiers, the Swin-Unet and nnFormer references.
+# PyTorch: timm's classifiers, the references of ``swin_jax.oracles``.
 
 
 def measure_timm(name: str, batch: int, *, dtype: str = "float32", repeats: int = 5,
@@ -567,67 +714,125 @@ def measure_timm(name: str, batch: int, *, dtype: str = "float32", repeats: int 
   h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
   images = torch.randn(batch, 3, h, w)
   labels = torch.randint(0, model.num_classes, (batch,))
-  res = _measure_torch(model, images, labels, torch.nn.CrossEntropyLoss(),
-                       lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=0.05),
+  ce = torch.nn.CrossEntropyLoss()
+  res = _measure_torch(model, images, lambda: model(images), lambda: ce(model(images), labels),
+                       lambda m: torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.05),
                        dtype=dtype, repeats=repeats, warmup=warmup, iters=iters,
                        skip_train=skip_train)
   return dict(res, reference=f"timm.create_model({name!r})", rss_start_mb=rss_start)
 
 
-def _torch_reference(model: Any) -> tuple[Any, Any, str]:
-  """``(network, loss_fn, description)``: the PyTorch reference of a dense swin_jax model
-  (its fields; no params are used) and its official train loss."""
-  if is_nnformer(model):
-    from swin_jax.oracles import torch_nnformer  # pylint: disable=import-outside-toplevel
-    return (torch_nnformer.build_like(model), torch_nnformer.official_loss,
-            "swin_jax.oracles.torch_nnformer (the official network rebuilt)")
-  from swin_jax.oracles import torch_swin_unet  # pylint: disable=import-outside-toplevel
-  return (torch_swin_unet.build(torch_swin_unet.official_config(model)),
-          torch_swin_unet.official_loss, "swin_jax.oracles.torch_swin_unet (timm blocks)")
+def torch_images(model: Any, batch: int) -> Any:
+  """Random NC(D)HW float32 inputs of the PyTorch reference of ``model``."""
+  import torch  # pylint: disable=import-outside-toplevel
+  return torch.randn(batch, in_channels(model), *input_size(model))
+
+
+def _torch_job(model: Any, images: Any, seed: int) -> types.SimpleNamespace:
+  """The PyTorch reference of a swin_jax ``model`` (its fields; no params are used) on
+  NC(D)HW ``images``: ``network``, ``predict()`` (the eval forward), ``train_loss()`` (the
+  official loss of random targets, in train mode), ``set_mode(train)`` (or None) and
+  ``description``."""
+  import torch  # pylint: disable=import-outside-toplevel
+  job = types.SimpleNamespace(set_mode=None)
+  batch, size = images.shape[0], tuple(images.shape[2:])
+  if is_detector(model):
+    from swin_jax.oracles import torch_mask_rcnn  # pylint: disable=import-outside-toplevel
+    net = torch_mask_rcnn.build_like(model)
+    gt = synthetic_instances(batch, size, model.num_classes, seed=seed)
+    if not model.with_mask:
+      gt.pop("masks")
+    image_hw = [size] * batch   # every image fills the canvas, as on the swin_jax side
+    eval_samples = torch_mask_rcnn.data_samples(image_hw, size)
+    train_samples = torch_mask_rcnn.data_samples(image_hw, size, gt)
+    job.predict = lambda: torch_mask_rcnn.predict(net, images, eval_samples)
+    job.train_loss = lambda: torch_mask_rcnn.official_loss(net, images, train_samples)
+    job.description = ("swin_jax.oracles.torch_mask_rcnn (mmdet 3.3.0 MaskRCNN, mmdet "
+                       "SwinTransformer)")
+  elif is_upernet(model):
+    from swin_jax.oracles import torch_upernet  # pylint: disable=import-outside-toplevel
+    net = torch_upernet.build_like(model)
+    labels = torch.randint(0, model.num_classes, (batch, *size))
+    job.predict = lambda: net(images)
+    job.train_loss = lambda: net.official_loss(images, labels)
+    job.description = ("swin_jax.oracles.torch_upernet (mmdet 3.3.0 SwinTransformer, mmseg "
+                       "1.2.2 UPerHead + FCNHead)")
+  else:
+    labels = torch.randint(0, model.num_classes, (batch, *size))
+    if is_nnformer(model):
+      from swin_jax.oracles import torch_nnformer  # pylint: disable=import-outside-toplevel
+      net, loss_fn = torch_nnformer.build_like(model), torch_nnformer.official_loss
+      job.description = "swin_jax.oracles.torch_nnformer (the official network rebuilt)"
+
+      def set_mode(train: bool) -> None:
+        net.do_ds = train and model.deep_supervision
+
+      job.set_mode = set_mode
+    else:
+      from swin_jax.oracles import torch_swin_unet  # pylint: disable=import-outside-toplevel
+      net = torch_swin_unet.build(torch_swin_unet.official_config(model))
+      loss_fn = torch_swin_unet.official_loss
+      job.description = "swin_jax.oracles.torch_swin_unet (timm blocks)"
+    job.predict = lambda: net(images)
+    job.train_loss = lambda: loss_fn(net(images), labels)
+  job.network = net
+  return job
+
+
+def _torch_optimizer(settings: dict[str, Any], network: Any) -> Any:
+  """``recipe_optimizer``'s ``settings`` as a torch optimizer of ``network``: SGD, or AdamW
+  with the names holding an ``MM_NO_DECAY`` keyword in a group without weight decay."""
+  import torch  # pylint: disable=import-outside-toplevel
+  if settings["name"] == "sgd":
+    return torch.optim.SGD(network.parameters(), lr=settings["base_lr"],
+                           momentum=settings["momentum"], nesterov=settings["nesterov"],
+                           weight_decay=settings["weight_decay"])
+  named = list(network.named_parameters())
+  no_decay = [p for n, p in named if any(k in n for k in MM_NO_DECAY)]
+  decay = [p for n, p in named if not any(k in n for k in MM_NO_DECAY)]
+  return torch.optim.AdamW([dict(params=decay), dict(params=no_decay, weight_decay=0.0)],
+                           lr=settings["base_lr"], betas=(0.9, 0.999), eps=1e-8,
+                           weight_decay=settings["weight_decay"])
 
 
 def measure_torch_reference(model: Any, batch: int, *, dtype: str = "float32",
                             repeats: int = 5, warmup: int = 2, iters: int = 1,
                             skip_train: bool = False, seed: int = 0) -> dict[str, Any]:
-  """The PyTorch reference of a Swin-Unet or nnFormer, as ``measure_timm``: forward, and the
-  official train step (the loss of ``_torch_reference``, backward, ``DENSE_SGD``'s SGD).
+  """The PyTorch reference of a Swin-Unet, nnFormer, UperNet or detector, as
+  ``measure_timm``: forward, and the official train step (``_torch_job``'s loss, backward,
+  ``recipe_optimizer``'s optimizer and clipping).
 
   ``model``: the swin_jax model to mirror (its fields and input size; no params are used).
   An nnFormer's ``do_ds`` is off in eval and on in training (where it has deep supervision),
-  as nnU-Net's trainer sets it.
+  as nnU-Net's trainer sets it. A detector runs with mmcv's compiled ops through torchvision
+  (``mm_stubs.torchvision_ops``).
   """
   import torch  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(seed)
   rss_start = _rss_mb()
-  reference, loss_fn, description = _torch_reference(model)
-  size = input_size(model)
-  images = torch.randn(batch, in_channels(model), *size)
-  labels = torch.randint(0, model.num_classes, (batch, *size))
-  sgd = DENSE_SGD[train_task(model)]
-  set_mode = None
-  if is_nnformer(model):
-    def set_mode(train: bool) -> None:
-      reference.do_ds = train and model.deep_supervision
-
-  res = _measure_torch(reference, images, labels, loss_fn,
-                       lambda params: torch.optim.SGD(params, lr=sgd["base_lr"],
-                                                      momentum=sgd["momentum"],
-                                                      nesterov=sgd["nesterov"],
-                                                      weight_decay=sgd["weight_decay"]),
-                       clip_grad_norm=sgd["clip_grad_norm"], set_mode=set_mode, dtype=dtype,
-                       repeats=repeats, warmup=warmup, iters=iters, skip_train=skip_train)
-  return dict(res, reference=description, rss_start_mb=rss_start)
+  images = torch_images(model, batch)
+  settings = recipe_optimizer(model)
+  with contextlib.ExitStack() as stack:
+    if is_detector(model):
+      from swin_jax.oracles import mm_stubs  # pylint: disable=import-outside-toplevel
+      stack.enter_context(mm_stubs.torchvision_ops())
+    job = _torch_job(model, images, seed)
+    res = _measure_torch(job.network, images, job.predict, job.train_loss,
+                         functools.partial(_torch_optimizer, settings),
+                         clip_grad_norm=settings.get("clip_grad_norm", 0.0),
+                         set_mode=job.set_mode, dtype=dtype, repeats=repeats, warmup=warmup,
+                         iters=iters, skip_train=skip_train)
+  return dict(res, reference=job.description, rss_start_mb=rss_start)
 
 
-def _measure_torch(model: Any, images: Any, labels: Any, loss_fn: Any, make_optimizer: Any, *,
-                   dtype: str, repeats: int, warmup: int, iters: int, skip_train: bool,
+def _measure_torch(model: Any, images: Any, predict: Any, train_loss: Any, make_optimizer: Any,
+                   *, dtype: str, repeats: int, warmup: int, iters: int, skip_train: bool,
                    clip_grad_norm: float = 0.0, set_mode: Any = None) -> dict[str, Any]:
-  """Forward (eval, no_grad) and train-step (train, loss, backward, [gradient clipping,]
-  optimizer step) figures of an eager PyTorch ``model`` on NC(D)HW ``images``.
-  ``set_mode(train)``: called after ``model.eval()`` / ``model.train()``."""
-  import contextlib  # pylint: disable=import-outside-toplevel
-
+  """Forward (eval, no_grad: ``predict()``) and train-step (train, ``train_loss()``,
+  backward, [gradient clipping,] optimizer step) figures of an eager PyTorch ``model`` on
+  NC(D)HW ``images``. ``make_optimizer(model)`` builds the optimizer; ``set_mode(train)``
+  is called after ``model.eval()`` / ``model.train()``."""
   import torch  # pylint: disable=import-outside-toplevel
 
   batch = images.shape[0]
@@ -642,7 +847,7 @@ def _measure_torch(model: Any, images: Any, labels: Any, loss_fn: Any, make_opti
 
   def run_forward():
     with torch.no_grad(), autocast():
-      model(images)
+      predict()
 
   start = time.perf_counter()
   run_forward()
@@ -655,13 +860,13 @@ def _measure_torch(model: Any, images: Any, labels: Any, loss_fn: Any, make_opti
     model.train()
     if set_mode:
       set_mode(True)
-    opt = make_optimizer(model.parameters())
+    opt = make_optimizer(model)
     last = {}
 
     def run_train():
       opt.zero_grad(set_to_none=True)
       with autocast():
-        loss = loss_fn(model(images), labels)
+        loss = train_loss()
       loss.backward()
       if clip_grad_norm:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
@@ -725,6 +930,9 @@ def environment(framework: str, threads: int) -> dict[str, Any]:
     env.update(torch=torch.__version__, timm=timm.__version__, device="cpu",
                torch_threads=torch.get_num_threads(),
                torch_interop_threads=torch.get_num_interop_threads())
+    for package in ("torchvision", "mmdet", "mmseg", "mmcv"):  # those the reference used
+      if package in sys.modules:
+        env[package] = getattr(sys.modules[package], "__version__", "?")
   return env
 
 
@@ -776,12 +984,12 @@ def run_job(framework: str, name: str, batch: int, args: argparse.Namespace) -> 
   model = registry.create_model(name, **model_overrides(args, name))
   if framework == "swin_jax":
     result = measure_jax(model, batch, name=name, **common)
-  elif framework == "timm":  # the PyTorch side: timm, or the Swin-Unet / nnFormer reference
+  elif framework == "timm":  # the PyTorch side: timm, or a reference of swin_jax.oracles
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads)
     if is_simmim(model):
       raise ValueError(f"{name}: bench has no PyTorch SimMIM model; measure it without --vs")
-    if is_dense(model):
+    if has_torch_reference(model):
       common.pop("img_size")  # in the model already
       result = measure_torch_reference(model, batch, dtype=args.dtype, **common)
     else:
@@ -829,6 +1037,12 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
   return format(value, spec)
 
 
+def _fmt_rate(value: Any) -> str:
+  """img/s with two decimals, or two significant digits below 0.1 (a 200 s train step
+  shows 0.0047, not 0.00)."""
+  return _fmt(value, ".2g" if value is not None and abs(value) < 0.1 else ".2f")
+
+
 def _get(d: dict, *keys: str) -> Any:
   for k in keys:
     if not isinstance(d, dict) or k not in d:
@@ -862,8 +1076,8 @@ def format_table(report: dict[str, Any]) -> str:
       fwd_mem = _get(j, "forward", "xla_memory", "peak_estimate_bytes")
       train_mem = _get(j, "train", "xla_memory", "peak_estimate_bytes")
       rss = _get(j, "train", "rss_peak_mb") or _get(j, "forward", "rss_peak_mb")
-      cells += [_fmt(_get(j, "forward", "img_per_s"), ".2f"),
-                _fmt(_get(j, "train", "img_per_s"), ".2f"),
+      cells += [_fmt_rate(_get(j, "forward", "img_per_s")),
+                _fmt_rate(_get(j, "train", "img_per_s")),
                 _fmt(_get(j, "forward", "compile_s"), ".1f"),
                 _fmt(_get(j, "train", "compile_s"), ".1f"),
                 _fmt(fwd_mem / MB if fwd_mem is not None else None, ".0f"),
@@ -875,8 +1089,8 @@ def format_table(report: dict[str, Any]) -> str:
         cells += ["error"] * 3
       else:
         rss = _get(t, "train", "rss_peak_mb") or _get(t, "forward", "rss_peak_mb")
-        cells += [_fmt(_get(t, "forward", "img_per_s"), ".2f"),
-                  _fmt(_get(t, "train", "img_per_s"), ".2f"), _fmt(rss, ".0f")]
+        cells += [_fmt_rate(_get(t, "forward", "img_per_s")),
+                  _fmt_rate(_get(t, "train", "img_per_s")), _fmt(rss, ".0f")]
       cells += [_fmt(_get(row, "ratio", "forward"), ".2f"),
                 _fmt(_get(row, "ratio", "train"), ".2f")]
     lines.append("| " + " | ".join(cells) + " |")
@@ -914,8 +1128,9 @@ def format_header(report: dict[str, Any]) -> str:
     env = meta.get("env", {}).get(fw)
     if env:
       keys = (("jax", "jaxlib", "flax", "platform", "device", "jax_threads") if fw == "swin_jax"
-              else ("torch", "timm", "torch_threads", "torch_interop_threads"))
-      parts.append(f"{fw}: " + ", ".join(f"{k}={env.get(k)}" for k in keys))
+              else ("torch", "timm", "mmdet", "mmseg", "torch_threads",
+                    "torch_interop_threads"))
+      parts.append(f"{fw}: " + ", ".join(f"{k}={env[k]}" for k in keys if k in env))
   a = report["args"]
   parts.append(f"repeats={a['repeats']} (median) after warmup={a['warmup']}, "
                f"iters/repeat={a['iters']}; torch.compile not used; XLA MiB = compiled "
@@ -946,16 +1161,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                  "the recipes' dots_no_batch")
   p.add_argument("--attention_impl", default="explicit", choices=("explicit", "dot_product"),
                  help="swin_jax: einsum attention or jax.nn.dot_product_attention")
-  p.add_argument("--img_size", type=int, default=0, help="build both models for this input "
-                 "size (0: the model's own); window clamps follow it, as in timm. Not for "
-                 "nnFormer (its crop is its input)")
+  p.add_argument("--img_size", type=int, default=0, help="build both models for this "
+                 "square input size (0: the model's own: 512x512 for UperNet, the 800x1344 "
+                 "canvas for the detectors, where it must be a multiple of 32); window "
+                 "clamps follow it, as in timm. Not for nnFormer (its crop is its input)")
   p.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported")
   p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first call")
   p.add_argument("--iters", type=int, default=1, help="calls per timed run")
   p.add_argument("--vs", choices=TORCH_SIDE, default=None, help="also measure the PyTorch "
                  "model (same meaning for both values): timm's for the classifiers, the "
                  "timm-assembled reference for Swin-Unet, the official network rebuilt for "
-                 "nnFormer")
+                 "nnFormer, mmseg's UperNet, mmdet's Mask R-CNN")
   p.add_argument("--threads", type=int, default=0, help="CPUs for both frameworks (process "
                  "affinity; torch.set_num_threads); 0 = all usable CPUs")
   p.add_argument("--skip_train", action="store_true", help="forward only")
@@ -991,8 +1207,10 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
           timing="median of --repeats timed runs after one first call and --warmup runs; "
                  "each run blocks on the result",
           forward="jax: jit(model.apply(train=False)); timm (the PyTorch side: timm, or "
-                  "the Swin-Unet / nnFormer reference): eval() under torch.no_grad() "
-                  "(nnFormer: do_ds off)",
+                  "the Swin-Unet / nnFormer / UperNet / Mask R-CNN reference): eval() under "
+                  "torch.no_grad() (nnFormer: do_ds off). UperNet: logits at the input size; "
+                  "detectors: boxes, scores, classes and 28x28 masks of 100 detections "
+                  "(no paste)",
           train="jax: swin_jax.train.step.train_step (AdamW, clip 5, no-decay mask, mixup "
                 "off, drop path on, state donated); timm: train(), CrossEntropyLoss, "
                 "backward, torch.optim.AdamW.step. Swin-Unet, both sides: 0.4 CE + 0.6 "
@@ -1000,7 +1218,12 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                 "nnFormer, both sides: nnU-Net's Dice + CE over the deep-supervision "
                 "outputs (weights 1/2**i normalised, downsampled random labels), SGD lr "
                 "1e-2 momentum 0.99 Nesterov wd 3e-5, clip 12, drop path on; img/s = "
-                "volumes/s",
+                "volumes/s. UperNet, both sides: mmseg's CE(decode) + 0.4 CE(aux), ignore "
+                "255, BatchNorm in train mode, AdamW 6e-5 wd 0.01 (no decay: norm, "
+                "position tables), drop path on. Detectors, both sides: mmdet's RPN + "
+                "R-CNN (+ mask) losses of 8 random boxes per image with the official "
+                "assigners and samplers, AdamW 1e-4 wd 0.05 (same no-decay names), drop "
+                "path on",
           compile_s="wall time of jax.jit(f).lower(...).compile()",
           xla_memory="compiled.memory_analysis(): peak_estimate = argument + output + temp "
                      "- alias bytes (XLA buffer assignment, not measured)",

@@ -7,7 +7,9 @@ re-orders the PatchMerging channels for mmdet's ``nn.Unfold``); every load is st
 parity test checks the model and the exporter at once; ``load_torch_variables`` is checked by
 reading the exported dict back.
 
-Tests give the swin_jax side seeded random values (``random_variables.py``).
+The references are built by ``swin_jax.oracles.torch_upernet`` (shared with ``python -m
+swin_jax.bench``); this module loads them and converts tensors. Tests give the swin_jax side
+seeded random values (``random_variables.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 
 import mm_stubs  # noqa: F401  (before any mmdet / mmseg import)
 from mmdet.models.backbones import swin as mmdet_swin  # noqa: E402
-from mmseg.models.decode_heads import FCNHead, UPerHead  # noqa: E402
+from swin_jax.oracles import torch_upernet  # noqa: E402
+from swin_jax.oracles.torch_upernet import mmseg_heads  # noqa: E402,F401  (the builder)
 
 
 def to_torch(sd: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -38,33 +41,13 @@ def mmdet_backbone(model, official_sd: dict[str, np.ndarray]) -> torch.nn.Module
   """mmdet's ``SwinTransformer`` shaped like the swin_jax ``model`` (``SwinTransformer``
   fields), strictly loaded from official backbone keys (without ``backbone.``) through
   ``swin_converter``; eval mode. The classifier's final ``norm`` is not part of it."""
-  ref = mmdet_swin.SwinTransformer(
-      embed_dims=model.embed_dim, patch_size=model.patch_size, window_size=model.window_size,
-      mlp_ratio=int(model.mlp_ratio), depths=tuple(model.depths), num_heads=tuple(model.num_heads),
-      qkv_bias=model.qkv_bias, drop_path_rate=0.0, out_indices=tuple(range(len(model.depths))))
+  ref = torch_upernet.mmdet_swin(model)
   sd = {k: v for k, v in official_sd.items() if not k.startswith(("norm.", "head."))}
   converted = mmdet_swin.swin_converter(to_torch(sd))
   converted = {k.removeprefix("backbone."): v for k, v in converted.items()}
   ref.load_state_dict(converted, strict=True)
   ref.eval()  # mmdet's train() override returns None: no chaining
   return ref
-
-
-def mmseg_heads(in_channels: Sequence[int], channels: int, aux_channels: int, num_classes: int,
-                pool_scales: Sequence[int] = (1, 2, 3, 6), dropout_ratio: float = 0.1,
-                aux_in_index: int = 2) -> tuple[torch.nn.Module, torch.nn.Module]:
-  """``(UPerHead, FCNHead)`` of mmseg's ``upernet_swin`` config, eval mode. Plain BN stands in
-  for SyncBN (the same module on one process)."""
-  norm_cfg = dict(type="BN", requires_grad=True)
-  decode = UPerHead(in_channels=list(in_channels), in_index=list(range(len(in_channels))),
-                    pool_scales=tuple(pool_scales), channels=channels,
-                    dropout_ratio=dropout_ratio, num_classes=num_classes, norm_cfg=norm_cfg,
-                    align_corners=False)
-  aux = FCNHead(in_channels=in_channels[aux_in_index], in_index=aux_in_index,
-                channels=aux_channels, num_convs=1, concat_input=False,
-                dropout_ratio=dropout_ratio, num_classes=num_classes, norm_cfg=norm_cfg,
-                align_corners=False)
-  return decode.float().eval(), aux.float().eval()
 
 
 def load_heads(decode: torch.nn.Module, aux: torch.nn.Module,

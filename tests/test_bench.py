@@ -280,10 +280,150 @@ def test_torch_nnunet_loss_matches_swin_jax():
     assert float(got) == pytest.approx(float(expected), rel=1e-5)
 
 
+# UperNet on a 4-stage Swin of width 8 at 64 px (stage 3 is 2x2, under the PPM's 6 bins) with
+# heads of 16 / 8 channels; Mask R-CNN likewise on a non-square 64x96 canvas with narrow heads
+# and few proposals. One block per stage and no scan keep XLA's compiles short (the scanned
+# twin that counts MACs is checked without compiling, in the test after these).
+UPERNET_TINY = dict(registry.UPERNET_CONFIGS["upernet_swin_tiny_patch4_window7_512"], img_size=64,
+                    embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4,
+                    channels=16, aux_channels=8, num_classes=5, drop_path_rate=0.1)
+MASK_RCNN_TINY = dict(registry.MASK_RCNN_CONFIGS["mask_rcnn_swin_tiny_patch4_window7_fpn"],
+                      img_size=(64, 96), embed_dim=8, depths=(1, 1, 1, 1),
+                      num_heads=(1, 1, 1, 1), window_size=4, num_classes=10, neck_channels=16,
+                      rpn_channels=16, fc_channels=32, mask_channels=16, rpn_max_per_img=64,
+                      rpn_train_nms_pre=128, rpn_test_nms_pre=128, max_detections=20,
+                      pre_nms_top_k=256, drop_path_rate=0.1)
+FAST = ["--batch", "2", "--repeats", "1", "--warmup", "0", "--vs", "torch", "--scan_blocks",
+        "off", "--remat", "none", "--no_isolate"]
+
+
+def _register(monkeypatch, family: dict, name: str, config: dict) -> None:
+  monkeypatch.setitem(registry.MODEL_CONFIGS, name, config)
+  monkeypatch.setitem(family, name, config)
+
+
+def _both_sides(tmp_path, name: str) -> tuple[dict, dict, dict]:
+  """``(report, swin_jax result, PyTorch result)`` of ``FAST`` on ``name``; both phases
+  timed on both sides, the same network (input size, parameter count)."""
+  out = tmp_path / "bench.json"
+  assert bench.main(["--model", name, *FAST, "--out", str(out)]) == 0
+  report = json.loads(out.read_text())
+  (row,) = report["results"]
+  jax_res, torch_res = row["swin_jax"], row["timm"]
+  assert jax_res["img_size"] == torch_res["img_size"]
+  assert jax_res["num_params"] == torch_res["num_params"] > 0
+  for res in (jax_res, torch_res):
+    for phase in ("forward", "train"):
+      assert len(res[phase]["times_s"]) == 1 and res[phase]["img_per_s"] > 0
+      assert res[phase]["rss_peak_mb"] > 0
+    assert math.isfinite(res["train"]["final_loss"])
+  for phase in ("forward", "train"):
+    assert row["ratio"][phase] == pytest.approx(
+        jax_res[phase]["img_per_s"] / torch_res[phase]["img_per_s"])
+  assert jax_res["macs"]["matmul_forward_per_img"] > 0
+  assert jax_res["macs"]["xla_train_per_img"] > 2 * jax_res["macs"]["matmul_forward_per_img"]
+  return report, jax_res, torch_res
+
+
+def test_upernet_row_measures_swin_jax_and_mmseg_upernet(tmp_path, monkeypatch):
+  """``--vs torch`` on an UperNet: both rows, mmseg's loss on both sides (swin_jax: the
+  segmentation task's ``ce_aux`` with the BatchNorm state)."""
+  pytest.importorskip("mmseg")
+  _register(monkeypatch, registry.UPERNET_CONFIGS, "bench_upernet_tiny", UPERNET_TINY)
+  report, jax_res, torch_res = _both_sides(tmp_path, "bench_upernet_tiny")
+  assert "torch_upernet" in torch_res["reference"] and jax_res["img_size"] == [64, 64]
+  terms = jax_res["train"]["loss_terms"]
+  assert set(terms) == {"ce", "aux_ce"}
+  assert jax_res["train"]["final_loss"] == pytest.approx(terms["ce"] + 0.4 * terms["aux_ce"],
+                                                         rel=1e-5)
+  # Near-zero logits at init (conv_seg ~ N(0, 0.01)): each CE about ln 5.
+  for res in (jax_res, torch_res):
+    assert res["train"]["final_loss"] == pytest.approx(1.4 * math.log(5), abs=0.3)
+  table = bench.format_table(report)
+  assert "| bench_upernet_tiny | 2 | float32 | - |" in table
+  assert "| bench_upernet_tiny | 64x64 |" in table
+
+
+def test_mask_rcnn_row_measures_swin_jax_and_mmdet_mask_rcnn(tmp_path, monkeypatch):
+  """``--vs torch`` on a Mask R-CNN: the test path and the two-stage loss on both sides
+  (swin_jax: the detection task's), on the model's own non-square canvas."""
+  pytest.importorskip("mmdet")
+  _register(monkeypatch, registry.MASK_RCNN_CONFIGS, "bench_mask_rcnn_tiny", MASK_RCNN_TINY)
+  report, jax_res, torch_res = _both_sides(tmp_path, "bench_mask_rcnn_tiny")
+  assert "torch_mask_rcnn" in torch_res["reference"] and jax_res["img_size"] == [64, 96]
+  terms = jax_res["train"]["loss_terms"]
+  names = ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")
+  assert set(terms) == {*names, "rcnn_acc"}
+  assert jax_res["train"]["final_loss"] == pytest.approx(sum(terms[n] for n in names), rel=1e-5)
+  # At init: BCE ~ ln 2 (RPN, masks), CE ~ ln 11 (R-CNN), small L1s; a few steps move it.
+  for res in (jax_res, torch_res):
+    assert 2.0 < res["train"]["final_loss"] < 7.0
+  assert "| bench_mask_rcnn_tiny | 64x96 |" in bench.format_table(report)
+
+
+def test_upernet_and_mask_rcnn_twins_optimizers_and_tasks(monkeypatch):
+  """Without compiling: the scanned models' MAC twins take ``unscanned_params``; the train
+  config runs the project's task and loss; both sides exempt the same tensors from AdamW's
+  weight decay, at the same lr and decay."""
+  pytest.importorskip("mmseg")
+  pytest.importorskip("mmdet")
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from swin_jax import tasks  # pylint: disable=import-outside-toplevel
+  from swin_jax.train import optimizer as optimizer_lib  # pylint: disable=import-outside-toplevel
+  for name, family, config, loss in (
+      ("bench_upernet_tiny", registry.UPERNET_CONFIGS, UPERNET_TINY, "ce_aux"),
+      ("bench_mask_rcnn_tiny", registry.MASK_RCNN_CONFIGS, MASK_RCNN_TINY, None)):
+    _register(monkeypatch, family, name, config)
+    model = create_model(name, depths=(2, 2, 2, 2), scan_blocks=True)
+    size = bench.input_size(model)
+    images = jnp.zeros((1, *size, 3))
+    key = jax.random.PRNGKey(0)
+    scanned = jax.eval_shape(lambda m=model: bench.init_variables(m, key, images))["params"]
+    twin = bench.without_scan(model)
+    expected = jax.eval_shape(lambda m=twin: bench.init_variables(m, key, images))["params"]
+    got = jax.eval_shape(lambda p, m=model: bench.unscanned_params(m, p), scanned)
+    assert jax.tree.map(lambda x: x.shape, got) == jax.tree.map(lambda x: x.shape, expected)
+
+    settings = bench.recipe_optimizer(model)
+    run = bench._train_config(bench.train_task(model), name, 2, size, model.num_classes,
+                              settings)
+    task = tasks.get_task(run)
+    assert task.name == bench.train_task(model)
+    if loss:
+      assert task.loss_kind(model) == loss
+    else:
+      assert tuple(run.task.canvas) == size == (64, 96)
+      assert run.task.max_instances == bench.DETECTION_INSTANCES
+    reference = bench._torch_job(model, bench.torch_images(model, 1), 0).network
+    torch_opt = bench._torch_optimizer(settings, reference)
+    decay, no_decay = torch_opt.param_groups
+    mask = optimizer_lib.weight_decay_mask(expected, run.optimizer)
+    assert len(no_decay["params"]) == sum(not m for m in jax.tree.leaves(mask)) > 0
+    assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, run.optimizer.weight_decay)
+    assert decay["lr"] == run.optimizer.base_lr and run.optimizer.reference_batch_size == 2
+    assert run.optimizer.clip_grad_norm == 0.0
+
+
+def test_synthetic_instances_are_boxes_with_their_rectangles():
+  gt = bench.synthetic_instances(2, (64, 96), num_classes=10, num=5, seed=3)
+  assert gt["boxes"].shape == (2, 5, 4) and gt["masks"].shape == (2, 5, 64, 96)
+  boxes = gt["boxes"]
+  assert (boxes[..., :2] >= 0).all() and (boxes[..., 2] <= 96).all() and (boxes[..., 3] <= 64).all()
+  assert (boxes[..., 2:] > boxes[..., :2]).all() and gt["valid"].all()
+  areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+  assert (gt["masks"].sum(axis=(2, 3)) == areas).all()
+  assert ((gt["labels"] >= 0) & (gt["labels"] < 10)).all()
+  again = bench.synthetic_instances(2, (64, 96), num_classes=10, num=5, seed=3)
+  assert all((again[k] == gt[k]).all() for k in gt)   # the same on both sides of a row
+
+
 def test_cli_lists_and_no_tensorflow():
   args = bench.parse_args(["--model", "swin_t,swin_s", "--model", "swin_b", "--batch", "8,32"])
   assert args.models == ["swin_t", "swin_s", "swin_b"] and args.batches == [8, 32]
-  code = ("import sys, swin_jax.bench, swin_jax.train.step, swin_jax.oracles.torch_swin_unet; "
+  code = ("import sys, swin_jax.bench, swin_jax.train.step, swin_jax.oracles.torch_swin_unet, "
+          "swin_jax.oracles.torch_upernet, swin_jax.oracles.torch_mask_rcnn; "
           "bad = [m for m in ('tensorflow', 'torch', 'timm') if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True)
