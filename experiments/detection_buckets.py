@@ -106,16 +106,22 @@ def assign(out: np.ndarray, buckets) -> np.ndarray:
 def waste(out: np.ndarray, buckets) -> dict:
   """The metrics of the module docstring for one bucket set."""
   k = assign(out, buckets)
-  canvases = np.asarray(buckets)[k]
-  img_tok = image_tokens(out)
-  pad_tok = np.stack([canvas_tokens(c) for c in buckets])[k]
-  weights = stage_weights()
   used = sorted(set(k.tolist()))
   return {
       "buckets": [list(map(int, b)) for b in buckets],
       "compiles": len(used),
       "share": [float(np.mean(k == i)) for i in range(len(buckets))],
-      "canvas_padding": float(1 - out.prod(1).sum() / canvases.prod(1).sum()),
+      **padding(out, np.asarray(buckets)[k]),
+  }
+
+
+def padding(images: np.ndarray, canvases: np.ndarray) -> dict:
+  """Canvas and Swin window padding of ``images (N, 2)`` (h, w) each on its canvas ``(N, 2)``."""
+  img_tok = image_tokens(images)
+  pad_tok = np.stack([canvas_tokens(c) for c in canvases])
+  weights = stage_weights()
+  return {
+      "canvas_padding": float(1 - images.prod(1).sum() / canvases.prod(1).sum()),
       "swin_padding_per_stage": [float(1 - img_tok[:, s].sum() / pad_tok[:, s].sum())
                                  for s in range(4)],
       "swin_padding": float(1 - (img_tok @ weights).sum() / (pad_tok @ weights).sum()),
@@ -136,18 +142,7 @@ def mmdet_dynamic(out: np.ndarray, sources: np.ndarray, seed: int, per_gpu: int 
       members = out[group[start:start + per_gpu]]
       images.append(members)
       canvases += [-(-members.max(0) // 32) * 32] * per_gpu
-  images, canvases = np.concatenate(images), np.asarray(canvases)
-  img_tok = image_tokens(images)
-  pad_tok = np.stack([canvas_tokens(c) for c in canvases])
-  weights = stage_weights()
-  return {
-      "canvas_padding": float(1 - images.prod(1).sum() / canvases.prod(1).sum()),
-      "swin_padding_per_stage": [float(1 - img_tok[:, s].sum() / pad_tok[:, s].sum())
-                                 for s in range(4)],
-      "swin_padding": float(1 - (img_tok @ weights).sum() / (pad_tok @ weights).sum()),
-      "swin_cost": float((pad_tok @ weights).mean()),
-      "canvas_area": float(canvases.prod(1).mean()),
-  }
+  return padding(np.concatenate(images), np.asarray(canvases))
 
 
 def greedy_sets(out: np.ndarray, max_compiles: int) -> list[list[tuple[int, int]]]:
