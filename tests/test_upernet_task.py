@@ -103,6 +103,35 @@ def test_loss_is_mmseg_decode_plus_weighted_aux_ce_ignoring_255(avg_non_ignore):
   assert abs(float(other) - float(loss)) > 1e-3
 
 
+def torch_soft_dice(logits, labels) -> float:
+  """Swin-Unet's ``DiceLoss(softmax=True)`` over the non-ignored pixels, float64 torch, on
+  ``logits`` resized bilinearly (align_corners False) to the label as mmseg does."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  target = torch.from_numpy(labels).long()
+  x = torch.from_numpy(logits).permute(0, 3, 1, 2).double()
+  probs = torch.softmax(F.interpolate(x, size=target.shape[1:], mode="bilinear",
+                                      align_corners=False), dim=1)
+  keep = target != IGNORE
+  loss = 0.0
+  for k in range(probs.shape[1]):
+    p, t = probs[:, k][keep], (target[keep] == k).double()
+    loss += 1 - (2 * (p * t).sum() + 1e-5) / ((p * p).sum() + (t * t).sum() + 1e-5)
+  return float(loss / probs.shape[1])
+
+
+def test_decode_dice_weight_adds_the_soft_dice_of_the_resized_decode_logits():
+  decode, aux, labels = planted_batch(np.random.default_rng(2))
+  task = tasks.get_task(segmentation_config(decode_dice_weight=0.7))
+  batch = {"image": {"decode": jnp.asarray(decode), "aux": jnp.asarray(aux)},
+           "label": jnp.asarray(labels)}
+  loss, (metrics, _) = task.loss_fn(PlantedHeads(), {}, {}, batch, jax.random.PRNGKey(0))
+  dice = torch_soft_dice(decode, labels)
+  np.testing.assert_allclose(float(metrics["dice"]), dice, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), torch_mmseg_loss(decode, aux, labels) + 0.7 * dice,
+                             rtol=1e-5)
+
+
 def test_loss_choice_follows_the_model_unless_set():
   auto = tasks.get_task(segmentation_config())
   assert auto.loss_kind(PlantedHeads()) == "ce_aux"

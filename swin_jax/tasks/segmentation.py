@@ -15,6 +15,8 @@ Batches are ``{'image': (B, S, S, 3) float32, 'label': (B, S, S) int32}`` (eval 
   ``CE(decode) + aux_weight * CE(aux)``. mmseg averages each CE over *all* label pixels,
   the ignored ones adding 0 (its ``avg_non_ignore=False`` default, as in the official
   mmseg 0.11 fork); ``task.avg_non_ignore=True`` divides by the non-ignored pixels instead.
+  ``task.decode_dice_weight`` > 0 adds that weight times the Dice above on the decode
+  logits (resized to the label), as an mmseg ``loss_decode`` list ``[CE, Dice]`` does.
   BatchNorm statistics update through ``model_state`` (SyncBN under ``jit``).
 * ``'auto'`` (default): ``'ce_aux'`` for a model with an auxiliary head (a
   ``head_logits`` method: UperNet), ``'ce_dice'`` otherwise. The choice follows the model
@@ -247,6 +249,9 @@ class SegmentationTask(base.Task):
         ignore_index=IGNORE_INDEX,     # label value left out of every loss and metric
         aux_weight=upernet.AUX_LOSS_WEIGHT,   # 'ce_aux': the auxiliary head's CE weight
         avg_non_ignore=False,          # 'ce_aux': CE / non-ignored pixels (mmseg: / all)
+        # 'ce_aux': + this weight x the soft Dice of the decode logits (mmseg's loss_decode
+        # list [CE, Dice]); 0 = the official UperNet loss, CE alone.
+        decode_dice_weight=0.0,
         reduce_zero_label=False,       # mmseg ADE20K: label 0 -> ignore_index, k -> k - 1
         # Training augmentation: 'swin_unet' (SegTransform: aug above, resize to S x S) or
         # 'mmseg' (mmseg_transforms.MMSegTrainTransform: random keep-ratio resize, crop with
@@ -449,7 +454,15 @@ class SegmentationTask(base.Task):
                            avg_non_ignore=bool(task.avg_non_ignore))
     decode_ce, aux_ce = ce(decode), ce(aux)
     loss = decode_ce + task.aux_weight * aux_ce
-    return loss, ({"ce": decode_ce, "aux_ce": aux_ce}, model_state)
+    terms = {"ce": decode_ce, "aux_ce": aux_ce}
+    if task.decode_dice_weight:
+      # mmseg's loss_decode as a list (CE + Dice): the soft Dice above on the decode logits
+      # resized to the label, as mmseg resizes them for every decode loss.
+      labels = batch["label"]
+      resized = interpolate.resize_bilinear(decode.astype(jnp.float32), labels.shape[1:3])
+      terms["dice"] = dice_loss(resized, labels, valid_pixels(labels, task.ignore_index))
+      loss = loss + task.decode_dice_weight * terms["dice"]
+    return loss, (terms, model_state)
 
   def _mmseg_scores(self, model, params, model_state, batch) -> jnp.ndarray:
     """``(B, Lh, Lw, K)`` scores at the source label size: ``seg_inference.predict`` on the
