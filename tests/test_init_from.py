@@ -174,6 +174,40 @@ def test_default_fallback_is_a_fresh_init(official_sd, reference, tmp_path):
   assert 0.07 < params["head"]["kernel"].std() < 0.12
 
 
+def test_finer_patches_are_resized_so_a_2x_upsampled_image_embeds_the_same(tmp_path):
+  """A patch-2 classifier (32 px) into the patch-4 backbone: every other param as the root
+  conversion; the patch kernel gives the embedding of each 2x-upsampled (nearest) image
+  that the checkpoint's kernel gives of the image itself."""
+  sd = _random_official_sd(seed=4, patch_size=2, img_size=32)
+  reference = _flat(load_torch_checkpoint(sd, SwinTransformer(
+      **{**CLASSIFIER, "patch_size": 2, "img_size": 32})))
+  model = tiny_nested_model()
+  params, report = init_from.load_initial(_save_pth(tmp_path, sd), model,
+                                          fallback_params=_filled(model, 0.0))
+  assert report.adapted == (("backbone.patch_embed.proj.weight",
+                             "patch embedding resized: (2, 2) -> (4, 4)"),)
+  assert sorted(report.loaded) == _expected_loaded(sd)
+  flat = _flat(params)
+  for path, value in reference.items():
+    if path[0] not in ("norm", "head", "patch_embed"):
+      np.testing.assert_array_equal(flat[("backbone", *path)], value, err_msg=str(path))
+  kernel2 = reference[("patch_embed", "proj", "kernel")]                # (2, 2, 3, 16)
+  kernel4 = flat[("backbone", "patch_embed", "proj", "kernel")]         # (4, 4, 3, 16)
+  image = np.random.default_rng(0).normal(size=(8, 8, 3)).astype(np.float32)
+  upsampled = image.repeat(2, axis=0).repeat(2, axis=1)
+
+  def embed(x, kernel):   # non-overlapping patches: a strided conv, in numpy (float64)
+    p = kernel.shape[0]
+    patches = x.reshape(x.shape[0] // p, p, x.shape[1] // p, p, 3).transpose(0, 2, 1, 3, 4)
+    return np.einsum("hwijc,ijcd->hwd", patches.astype(np.float64), kernel)
+
+  np.testing.assert_allclose(embed(upsampled, kernel4), embed(image, kernel2), rtol=1e-5,
+                             atol=1e-5)
+  # The converter itself stays strict: another patch size is a mismatch there.
+  with pytest.raises(CheckpointMismatchError, match="shape mismatch: patch_embed.proj"):
+    load_torch_checkpoint(sd, SwinTransformer(**CLASSIFIER))
+
+
 def test_another_variant_is_still_an_error(tmp_path):
   sd = _random_official_sd(seed=2, embed_dim=32)
   with pytest.raises(CheckpointMismatchError, match="shape mismatch: backbone.patch_embed") as e:

@@ -83,3 +83,20 @@ def resize_bias_table(table: np.ndarray, out_sides: tuple[int, int]) -> np.ndarr
   side = side_of_square_table(table.shape[0])
   grid = table.reshape(side, side, -1)
   return resize_bicubic_2d(grid, out_sides).reshape(-1, table.shape[1])
+
+
+def patch_kernel_factors(in_hw: tuple[int, int], out_hw: tuple[int, int]
+                         ) -> tuple[int, int] | None:
+  """``(fh, fw)`` when ``out_hw`` is an integer multiple (> 1 somewhere) of ``in_hw``."""
+  if any(o % i for i, o in zip(in_hw, out_hw)) or tuple(in_hw) == tuple(out_hw):
+    return None
+  return out_hw[0] // in_hw[0], out_hw[1] // in_hw[1]
+
+
+def upsample_patch_kernel(kernel: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+  """``(p, p, C, D) -> (fh p, fw p, C, D)``: each tap repeated ``fh x fw`` times and divided
+  by ``fh fw``, so the larger patch embeds an image upsampled ``f`` times (nearest) exactly as
+  the checkpoint's patch embeds the original. It is FlexiViT's pseudo-inverse resize for a
+  nearest upsampling (the least-norm kernel with that property)."""
+  fh, fw = factors
+  return (np.repeat(np.repeat(kernel, fh, axis=0), fw, axis=1) / (fh * fw)).astype(np.float32)

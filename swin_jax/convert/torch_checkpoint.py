@@ -236,11 +236,22 @@ def params_to_state_dict(params: Mapping[str, Any]) -> StateDict:
 
 def _adapt(key: str, rel: Path, value: np.ndarray, target_shape: tuple[int, ...],
            model: SwinTransformer, label_space: str,
-           own_value: Callable[[], np.ndarray]) -> tuple[np.ndarray, str | None]:
+           own_value: Callable[[], np.ndarray],
+           resize_patch_kernel: bool = False) -> tuple[np.ndarray, str | None]:
   """The official fine-tuning adaptations of a param at ``rel`` inside the Swin ``model``:
-  bias-table resize and the 22K->1K head. Returns the value and how it was adapted."""
+  bias-table resize and the 22K->1K head; with ``resize_patch_kernel``, a patch embedding
+  of a patch size that divides the model's (``resize.upsample_patch_kernel``). Returns the
+  value and how it was adapted."""
   if value.shape == target_shape:
     return value, None
+  if (resize_patch_kernel and rel == ("patch_embed", "proj", "kernel") and value.ndim == 4
+      and value.shape[2:] == target_shape[2:] and
+      (factors := resize.patch_kernel_factors(value.shape[:2], target_shape[:2]))):
+    logging.warning("patch size differs from the checkpoint's: resizing %s %s -> %s "
+                    "(each tap repeated %s and divided by %d)", key, value.shape,
+                    target_shape, factors, factors[0] * factors[1])
+    return (resize.upsample_patch_kernel(value, factors),
+            f"patch embedding resized: {value.shape[:2]} -> {tuple(target_shape[:2])}")
   if (rel[-1] == "relative_position_bias_table" and value.ndim == 2 and
       value.shape[1] == target_shape[1] and resize.is_square_table(value.shape[0])):
     stage, block = (int(p.split("_")[1]) for p in rel[:2])
@@ -275,8 +286,8 @@ def _adapt(key: str, rel: Path, value: np.ndarray, target_shape: tuple[int, ...]
 
 def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Module, *,
                      allow: Iterable[str] = (), fallback_params: Mapping[str, Any] | None = None,
-                     label_space: str = "official", log_level: int = logging.WARNING
-                     ) -> tuple[dict[str, Any], LoadReport]:
+                     label_space: str = "official", log_level: int = logging.WARNING,
+                     resize_patch_kernel: bool = False) -> tuple[dict[str, Any], LoadReport]:
   """Converts a PyTorch checkpoint into params for ``model``, and says what it took.
 
   Args:
@@ -288,6 +299,9 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
       they are logged at ``log_level`` and the params concerned keep ``fallback_params``
       (default: a fresh init). Any other problem raises ``CheckpointMismatchError``.
     label_space: the label order of a 21,841-class head mapped to 1K (``head_map``).
+    resize_patch_kernel: a backbone patch embedding whose patch size divides the model's is
+      resized (``resize.upsample_patch_kernel``) instead of being a shape mismatch; for
+      initialising a task model from a classifier of finer patches (``init_from``).
 
   Returns:
     ``(params, report)``: the nested params dict (numpy float32) in the model's own layout.
@@ -342,7 +356,8 @@ def load_with_report(source: str | os.PathLike | Mapping[str, Any], model: nn.Mo
     flax_value, how = keys_lib.torch_to_flax_array(path, value), None
     if owner := _backbone_of(path, backbones):
       flax_value, how = _adapt(key, path[len(owner[0]):], flax_value, target, owner[1],
-                               label_space, lambda path=path: np.asarray(fallback()[path]))
+                               label_space, lambda path=path: np.asarray(fallback()[path]),
+                               resize_patch_kernel)
     if flax_value.shape != target:
       problems[MISMATCH].append(f"  shape mismatch: {key} checkpoint {tuple(value.shape)} vs "
                                 f"model {keys_lib.torch_shape(path, target)}")

@@ -23,8 +23,11 @@ their Swin as a field (params at ``backbone/...``):
 * anything else: the Swin backbone only. A source whose Swin is nested (a task-model run, an
   mmseg / mmdet ``.pth`` with ``backbone.`` keys) gives its backbone; the target's backbone
   takes it, and what either side has that the other lacks (the classifier's ``norm`` /
-  ``head``, a dense backbone's ``norm0..3``, the task head) is dropped or stays at init. Shape
-  mismatches are still errors: they mean another Swin variant, not another task.
+  ``head``, a dense backbone's ``norm0..3``, the task head) is dropped or stays at init. A
+  patch embedding of a patch size dividing the target's is resized (each tap repeated and
+  divided: a classifier of 2 x 2 patches embeds a 2x-upsampled image with 4 x 4 patches as
+  it embedded the original). Other shape mismatches are still errors: they mean another
+  Swin variant, not another task.
 
 With ``scope='model'`` (``config.init_from_scope``) none of these rules apply: the source is
 this very model (a run of the same detector, say), and every param comes from it, strictly.
@@ -226,7 +229,7 @@ def load_initial(path: str, model: nn.Module, label_space: str = "auto",
                  path, prefix.rstrip("."), len(dropped_outside))
   params, report = tc.load_with_report(
       backbone_sd, model, allow=(tc.MISSING, tc.UNEXPECTED), fallback_params=fallback_params,
-      label_space=label_space, log_level=logging.INFO)
+      label_space=label_space, log_level=logging.INFO, resize_patch_kernel=True)
   return params, tc.LoadReport(report.loaded, report.left_at_init,
                                report.dropped + tuple(dropped_outside), report.adapted)
 
