@@ -17,6 +17,25 @@ TINY = dict(img_size=40, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(1
             window_size=4, num_classes=10, drop_path_rate=0.1)
 
 
+# XLA's CPU backend at optimisation level 0 (LLVM's; the HLO passes still run, so the
+# programs and their cost analysis are the same): about half the compile time of the rows'
+# train steps, which is most of their run time. Nothing here checks speed.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@pytest.fixture
+def fast_compiles(monkeypatch):
+  """Every ``lower(...).compile()`` of the bench (all its measured programs) compiles with
+  FAST_COMPILE added to its options."""
+  import jax  # pylint: disable=import-outside-toplevel
+  compile_ = jax.stages.Lowered.compile
+
+  def compile(self, compiler_options=None):  # pylint: disable=redefined-builtin
+    return compile_(self, {**FAST_COMPILE, **(compiler_options or {})})
+
+  monkeypatch.setattr(jax.stages.Lowered, "compile", compile)
+
+
 def test_analytic_macs_reproduce_the_paper():
   # The official flops() gives 4.49G / 8.75G / 15.44G / 47.1G for these.
   for name, paper in [("swin_tiny_patch4_window7_224", 4.5), ("swin_small_patch4_window7_224", 8.7),
@@ -62,7 +81,7 @@ REPORT_TINY = dict(TINY, depths=(2, 4))
 
 
 @pytest.fixture
-def tiny_report(tmp_path, monkeypatch):
+def tiny_report(tmp_path, monkeypatch, fast_compiles):
   monkeypatch.setitem(registry.MODEL_CONFIGS, "bench_tiny", REPORT_TINY)
   out = tmp_path / "bench.json"
   rc = bench.main(["--model", "bench_tiny", "--batch", "2", "--repeats", "2", "--warmup", "1",
@@ -111,6 +130,7 @@ def test_report_fields_macs_and_json(tiny_report):
   assert "| bench_tiny | 2 | float32 | scan, remat=dots_no_batch |" in table
 
 
+@pytest.mark.usefixtures("fast_compiles")
 def test_model_options_reach_the_model_and_the_table(monkeypatch):
   monkeypatch.setitem(registry.MODEL_CONFIGS, "bench_tiny", TINY)
   args = bench.parse_args(["--model", "bench_tiny", "--batch", "2", "--repeats", "1",
@@ -149,6 +169,7 @@ UNET_TINY = dict(img_size=64, patch_size=4, embed_dim=8, depths=(2, 2), num_head
                  window_size=4, num_classes=3, drop_path_rate=0.1)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 def test_swin_unet_row_measures_swin_jax_and_the_torch_reference(tmp_path, monkeypatch):
   """``--vs torch`` on a Swin-Unet: both rows, the same network, the official train loss."""
   pytest.importorskip("timm")
@@ -187,6 +208,7 @@ SIMMIM_TINY = dict(registry.MODEL_CONFIGS["simmim_swin_tiny_window6_192"], img_s
                    encoder_stride=8)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 def test_simmim_row_measures_the_pretraining_step(tmp_path, monkeypatch):
   """A SimMIM model: forward on images and official masks, the simmim task's train step,
   and MACs from the unscanned twin (scanned encoder by default)."""
@@ -220,6 +242,7 @@ NNFORMER_TINY = dict(registry.NNFORMER_CONFIGS["nnformer_synapse"], crop_size=(1
                      embed_dim=8, num_heads=(1, 1, 2, 2), num_classes=4, drop_path_rate=0.0)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 def test_nnformer_row_measures_swin_jax_and_the_official_network(tmp_path, monkeypatch):
   """``--vs torch`` on an nnFormer: volumes of its crop, both rows, the same network, the
   nnU-Net loss (Dice + CE over the deep-supervision outputs) on both sides."""
@@ -325,6 +348,7 @@ def _both_sides(tmp_path, name: str) -> tuple[dict, dict, dict]:
   return report, jax_res, torch_res
 
 
+@pytest.mark.usefixtures("fast_compiles")
 def test_upernet_row_measures_swin_jax_and_mmseg_upernet(tmp_path, monkeypatch):
   """``--vs torch`` on an UperNet: both rows, mmseg's loss on both sides (swin_jax: the
   segmentation task's ``ce_aux`` with the BatchNorm state)."""
@@ -344,6 +368,7 @@ def test_upernet_row_measures_swin_jax_and_mmseg_upernet(tmp_path, monkeypatch):
   assert "| bench_upernet_tiny | 64x64 |" in table
 
 
+@pytest.mark.usefixtures("fast_compiles")
 def test_mask_rcnn_row_measures_swin_jax_and_mmdet_mask_rcnn(tmp_path, monkeypatch):
   """``--vs torch`` on a Mask R-CNN: the test path and the two-stage loss on both sides
   (swin_jax: the detection task's), on the model's own non-square canvas."""

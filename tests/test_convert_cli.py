@@ -6,8 +6,9 @@ Subprocesses run two at a time to keep the import overhead down.
 
 Swin-Unet: an official checkpoint of the PyTorch reference (random weights) converts, exports
 back as the official trainer saves it, resizes its tables for another window, and starts a
-segmentation run (``python -m swin_jax.main``, ``init_from``); an ImageNet Swin starts one
-through the official ``load_from`` mirroring.
+segmentation run (the main job's ``loop.train_and_evaluate`` with ``init_from``, in process:
+the converter is the command under test); an ImageNet Swin starts one through the official
+``load_from`` mirroring.
 """
 
 from __future__ import annotations
@@ -85,24 +86,25 @@ def cli(tmp_path_factory):
   out = str(tmp / "converted")
   exported = str(tmp / "exported" / "swin_t.pth")
 
-  convert = _start("--checkpoint", checkpoint, "--model", MODEL, *OVERRIDES, "--out", out)
-  bad_name = _start("--checkpoint", checkpoint, "--model", "swin_nonexistent", "--out",
-                    str(tmp / "unused"))
-  results = {"convert": _finish(convert), "bad_name": _finish(bad_name)}
-  assert results["convert"][0] == 0, results["convert"][2][-3000:]
-  export = _start("--params", out, "--to_torch", exported)
-  again = _start("--checkpoint", checkpoint, "--model", MODEL, *OVERRIDES, "--out", out)
-  results.update(export=_finish(export), again=_finish(again))
-
   # A 22K head (this project's fall11 label order) converted into a 1K model.
   head_22k = {"head.weight": torch.randn(21841, 768, generator=gen),
               "head.bias": torch.randn(21841, generator=gen)}
   checkpoint_22k = str(tmp / "swin_t_22k.pth")
   torch.save({"model": {**official_sd, **head_22k}}, checkpoint_22k)
   out_22k = str(tmp / "converted_22k")
+
+  # Two waves: what needs no converted dir, then what reads (or refuses to overwrite) it.
+  convert = _start("--checkpoint", checkpoint, "--model", MODEL, *OVERRIDES, "--out", out)
+  bad_name = _start("--checkpoint", checkpoint, "--model", "swin_nonexistent", "--out",
+                    str(tmp / "unused"))
   fall11 = _start("--checkpoint", checkpoint_22k, "--model", MODEL, "--img_size", "64",
                   "--label_space", "fall11", "--out", out_22k)
-  results.update(fall11=_finish(fall11))
+  results = {"convert": _finish(convert), "bad_name": _finish(bad_name),
+             "fall11": _finish(fall11)}
+  assert results["convert"][0] == 0, results["convert"][2][-3000:]
+  export = _start("--params", out, "--to_torch", exported)
+  again = _start("--checkpoint", checkpoint, "--model", MODEL, *OVERRIDES, "--out", out)
+  results.update(export=_finish(export), again=_finish(again))
   return dict(results=results, checkpoint=checkpoint, out=out, exported=exported,
               official_sd=official_sd, buffers=buffers, tmp=tmp, head_22k=head_22k,
               out_22k=out_22k)
@@ -216,11 +218,26 @@ def get_config():
 '''
 
 
-def _start_main(workdir: str, config: str, init: str) -> subprocess.Popen:
-  env = {**os.environ, "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2", "JAX_PLATFORMS": "cpu"}
-  return subprocess.Popen([sys.executable, "-m", "swin_jax.main", f"--config={config}",
-                           f"--workdir={workdir}", f"--config.init_from={init}"], cwd=REPO,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _run_main_in_process(workdir: str, config: str, init: str) -> tuple[int, str, str]:
+  """What ``python -m swin_jax.main --config=config --config.init_from=init`` runs, in this
+  process: ``(0, stdout, '')`` (an error propagates)."""
+  # pylint: disable=import-outside-toplevel
+  import contextlib
+  import importlib.util
+  import io
+
+  from swin_jax.train import loop
+  spec = importlib.util.spec_from_file_location("unet_run_config", config)
+  module = importlib.util.module_from_spec(spec)
+  if REPO not in sys.path:  # the config imports configs.swin_unet, as the main job does
+    sys.path.insert(0, REPO)
+  spec.loader.exec_module(module)
+  run_config = module.get_config()
+  run_config.init_from = init
+  stdout = io.StringIO()
+  with contextlib.redirect_stdout(stdout):
+    loop.train_and_evaluate(run_config, workdir)
+  return 0, stdout.getvalue(), ""
 
 
 def _official_unet_sd(model, seed: int) -> dict[str, torch.Tensor]:
@@ -235,8 +252,8 @@ def _official_unet_sd(model, seed: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def unet_cli(tmp_path_factory):
-  """Converts (two at a time), then runs a segmentation run with init_from beside the
-  export. (The ImageNet -> Swin-Unet init_from is checked in process: the main job's
+  """Converts (two at a time), then runs a segmentation run with init_from (in process)
+  beside the export. (The ImageNet -> Swin-Unet init_from is checked in process: the main job's
   init_from path is the same for every source.)"""
   from swin_jax.data import digit_scenes  # pylint: disable=import-outside-toplevel
   tmp = tmp_path_factory.mktemp("unet")
@@ -260,14 +277,16 @@ def unet_cli(tmp_path_factory):
   results = {"convert": _finish(first[0]), "resize": _finish(first[1])}
   assert results["convert"][0] == 0, results["convert"][2][-3000:]
 
+  # The export runs beside the segmentation run, which runs in process: the main job's
+  # init_from path is loop.train_and_evaluate's; the converter is the CLI under test.
+  export = _start("--params", converted, "--to_torch", exported)
   data_dir = str(tmp / "tfds")
   dataset = digit_scenes.ensure_digit_scenes(data_dir, size=32, num_train=8, num_test=6)
   config = tmp / "unet_run.py"
   config.write_text(f"DATASET = {dataset!r}\nDATA_DIR = {data_dir!r}\n" + RUN_CONFIG)
   runs = {"from_unet": str(tmp / "run_from_unet")}
-  first_run = _start_main(runs["from_unet"], str(config), converted)
-  export = _start("--params", converted, "--to_torch", exported)
-  results.update(from_unet=_finish(first_run), export=_finish(export))
+  results.update(from_unet=_run_main_in_process(runs["from_unet"], str(config), converted),
+                 export=_finish(export))
   return dict(results=results, model=model, sd=sd, imagenet_sd=imagenet_sd, imagenet=imagenet,
               converted=converted, resized=resized, exported=exported, runs=runs)
 

@@ -16,6 +16,9 @@ from swin_jax.models import registry
 from swin_jax.visualize import overlay
 from train_runs import fake_segmentation_run, finish, start_predict
 
+# The tests of each command fixture on one xdist worker: its subprocesses run once.
+pytestmark = pytest.mark.xdist_group("predict")
+
 TINY = dict(img_size=32, embed_dim=8, depths=(2, 2), num_heads=(1, 1), window_size=4,
             num_classes=1000)
 
@@ -132,7 +135,7 @@ UNET_CLASSES = ("background", "disc", "ring", "bar")
 @pytest.fixture(scope="module")
 def segment_cli(tmp_path_factory):
   """The command on a tiny Swin-Unet: a run dir at the model's size, a converted dir at
-  another size, a missing image and a file that is not an image (two at a time)."""
+  another size, a missing image and a file that is not an image (all four at once)."""
   tmp = tmp_path_factory.mktemp("segment")
   model = registry.create_model(UNET_NAME, **UNET)
   params = init_params(model, seed=5)
@@ -144,13 +147,14 @@ def segment_cli(tmp_path_factory):
   images.Image.fromarray(rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)).save(
       tmp / "wide.png")
   (tmp / "notes.png").write_text("not an image")
-  first = [start_predict(tmp, "--checkpoint", run, "--image", str(tmp / "scene.png"),
-                          "--overlay", str(tmp / "out" / "scene_mask.png")),
-           start_predict(tmp, "--checkpoint", str(tmp / "converted"), "--image", "wide.png")]
-  results = {"run": finish(first[0]), "converted": finish(first[1])}
-  second = [start_predict(tmp, "--checkpoint", run, "--image", "missing.png"),
-            start_predict(tmp, "--checkpoint", run, "--image", "notes.png")]
-  results.update(missing=finish(second[0]), not_image=finish(second[1]))
+  processes = {
+      "run": start_predict(tmp, "--checkpoint", run, "--image", str(tmp / "scene.png"),
+                           "--overlay", str(tmp / "out" / "scene_mask.png")),
+      "converted": start_predict(tmp, "--checkpoint", str(tmp / "converted"), "--image",
+                                 "wide.png"),
+      "missing": start_predict(tmp, "--checkpoint", run, "--image", "missing.png"),
+      "not_image": start_predict(tmp, "--checkpoint", run, "--image", "notes.png")}
+  results = {k: finish(p) for k, p in processes.items()}
   return dict(results=results, tmp=tmp, model=model, params=params, image=image)
 
 
@@ -235,7 +239,8 @@ def upernet_cli(tmp_path_factory):
                                       "scene.png", "--overlay", f"{source}.png")
                for source in ("run", "converted")}
   return dict(results={k: finish(p) for k, p in processes.items()}, tmp=tmp, model=model,
-              params=params, model_state=model_state, image=image)
+              params=params, model_state=model_state, image=image,
+              init_stats=variables["batch_stats"])
 
 
 def test_upernet_overlay_uses_the_saved_batchnorm_statistics(upernet_cli):
@@ -249,8 +254,8 @@ def test_upernet_overlay_uses_the_saved_batchnorm_statistics(upernet_cli):
   top2 = np.sort(logits, -1)[..., -2:]
   clear = top2[..., 1] - top2[..., 0] > 1e-4
   # The planted statistics matter: init statistics predict other classes.
-  init_stats = init_variables(model, seed=2)["batch_stats"]
-  other = np.asarray(forward({"params": upernet_cli["params"], "batch_stats": init_stats},
+  other = np.asarray(forward({"params": upernet_cli["params"],
+                              "batch_stats": upernet_cli["init_stats"]},
                              pixels))[0].argmax(-1)
   assert np.mean(other[clear] != labels[clear]) > 0.1
   colors = overlay.class_colors(4)

@@ -1,4 +1,5 @@
 """A killed or preempted run resumes exactly: real subprocesses of the main job, real signals.
+A Swin-Unet segmentation run resumes exactly too (in-process).
 
 A watcher reads the run's progress lines and sends the signal once the run has logged a
 given step (and, for SIGKILL, committed a checkpoint), the way a scheduler would: the
@@ -6,12 +7,14 @@ production loop has no fault-injection hook. Where the signal lands is up to tim
 tests check what must hold wherever it lands: the resumed run's losses equal the
 uninterrupted run's at every step.
 
-All launches of a config after the first load its compiled programs from a shared
-persistent compilation cache (``train_runs.compilation_cache_env``).
+All launches after the first load their compiled programs from a shared persistent
+compilation cache (``train_runs.compilation_cache_env``); the tests of the main job share
+one uninterrupted reference run, so one worker runs them (``REFERENCE_GROUP``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -23,8 +26,10 @@ import pytest
 
 from swin_jax.data import demo_dataset
 from swin_jax.train import checkpoint as checkpoint_lib
-from train_runs import (REPO, TINY_CONFIG, check, compilation_cache_dir, compilation_cache_env,
-                        metric_lines, run_main, train_losses)
+from swin_jax.train import loop
+from train_runs import (REPO, TINY_CONFIG, assert_same_state, check, compilation_cache_dir,
+                        compilation_cache_env, metric_lines, persistent_compilation_cache,
+                        resume_from_checkpoint, run_main, train_losses)
 
 # Long enough that a signal sent from step 6 on lands mid-run: SIGTERM stops the run at its
 # next step, and a committed checkpoint exists by step 2 * EVERY + 1 at the latest (each save
@@ -35,6 +40,7 @@ EVERY = 8
 RUN_FLAGS = (f"--config.total_steps={TOTAL}", f"--config.checkpoint_every_steps={EVERY}")
 UNET_CONFIG = os.path.join(REPO, "tests", "configs", "tiny_unet.py")
 _STEP_LINE = re.compile(r"^step\s+(\d+)/")
+REFERENCE_GROUP = pytest.mark.xdist_group("train_resume_reference")
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +56,18 @@ def cache_env(tmp_path_factory):
   return compilation_cache_env(compilation_cache_dir(tmp_path_factory))
 
 
-def _reference_run(workdir: str, data_dir: str, env: dict, config: str = TINY_CONFIG) -> dict:
-  """Runs ``config`` uninterrupted in ``workdir``; returns ``{step: loss}`` for 1..TOTAL."""
-  check(run_main(workdir, data_dir, *RUN_FLAGS, config=config, env=env))
-  losses = train_losses(workdir)
-  assert [step for step, _ in losses] == list(range(1, TOTAL + 1))
-  return dict(losses)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_dir, cache_env):
   """The uninterrupted run: ``{step: loss}`` for steps 1..TOTAL, and its workdir."""
   workdir = str(tmp_path_factory.mktemp("reference"))
-  return _reference_run(workdir, data_dir, cache_env), workdir
+  check(run_main(workdir, data_dir, *RUN_FLAGS, env=cache_env))
+  losses = train_losses(workdir)
+  assert [step for step, _ in losses] == list(range(1, TOTAL + 1))
+  return dict(losses), workdir
 
 
-def _main_command(workdir: str, data_dir: str, *flags: str,
-                  config: str = TINY_CONFIG) -> list[str]:
-  return [sys.executable, "-m", "swin_jax.main", f"--config={config}",
+def _main_command(workdir: str, data_dir: str, *flags: str) -> list[str]:
+  return [sys.executable, "-m", "swin_jax.main", f"--config={TINY_CONFIG}",
           f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}", *RUN_FLAGS, *flags]
 
 
@@ -113,46 +113,25 @@ def assert_same_as_reference(workdir, reference_losses, rel=0.0):
     assert loss == pytest.approx(reference_losses[step], rel=rel, abs=rel and 1e-6), step
 
 
-def _sigkill_after_a_checkpoint_and_resume(workdir: str, data_dir: str, env: dict,
-                                           config: str = TINY_CONFIG) -> None:
-  """Kills a run of ``config`` once it has committed a checkpoint (step >= 6), then reruns
-  the same command to the end."""
-  process = _popen(_main_command(workdir, data_dir, config=config), env)
+@REFERENCE_GROUP
+def test_sigkill_after_a_checkpoint_resumes_bit_for_bit(tmp_path, data_dir, reference,
+                                                        cache_env):
+  """Killed once it has committed a checkpoint (step >= 6), then the same command rerun."""
+  workdir = str(tmp_path / "run")
+  process = _popen(_main_command(workdir, data_dir), cache_env)
   signal_when([process], 0, 0, signal.SIGKILL, at_step=6, workdir=workdir,
               need_checkpoint=True)
   assert process.returncode == -signal.SIGKILL
   saved = checkpoint_lib.Checkpointer(workdir).latest_step()
   assert saved is not None and EVERY <= saved < TOTAL and saved % EVERY == 0
-  resumed = check(run_main(workdir, data_dir, *RUN_FLAGS, config=config, env=env))
+  resumed = check(run_main(workdir, data_dir, *RUN_FLAGS, env=cache_env))
   assert f"resuming from checkpoint at step {saved}" in resumed.stdout
   steps = [s for s, _ in train_losses(workdir)]
   assert steps[-(TOTAL - saved):] == list(range(saved + 1, TOTAL + 1))
-
-
-def test_sigkill_after_a_checkpoint_resumes_bit_for_bit(tmp_path, data_dir, reference,
-                                                        cache_env):
-  workdir = str(tmp_path / "run")
-  _sigkill_after_a_checkpoint_and_resume(workdir, data_dir, cache_env)
   assert_same_as_reference(workdir, reference[0])
 
 
-def _final_eval(workdir: str) -> dict:
-  """The metrics of the run's last evaluation (at TOTAL, the end of the run)."""
-  return [m for m in metric_lines(workdir) if "eval/loss" in m][-1]
-
-
-def test_sigkill_of_a_swin_unet_run_resumes_bit_for_bit(tmp_path, data_dir, cache_env):
-  """Segmentation through the same loop: Swin-Unet on digit scenes (built on first use),
-  with the host-side random rotations and drop path. The final params are compared
-  through the end-of-run evaluation on the test scenes."""
-  reference = str(tmp_path / "reference")
-  reference_losses = _reference_run(reference, data_dir, cache_env, UNET_CONFIG)
-  workdir = str(tmp_path / "run")
-  _sigkill_after_a_checkpoint_and_resume(workdir, data_dir, cache_env, UNET_CONFIG)
-  assert_same_as_reference(workdir, reference_losses)
-  assert _final_eval(workdir) == _final_eval(reference)
-
-
+@REFERENCE_GROUP
 def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(tmp_path, data_dir,
                                                                     reference, cache_env):
   workdir = str(tmp_path / "run")
@@ -169,6 +148,7 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(tmp_path, da
   assert_same_as_reference(workdir, reference[0])
 
 
+@REFERENCE_GROUP
 def test_half_written_checkpoint_is_ignored_for_the_last_complete_one(tmp_path, data_dir,
                                                                       reference, cache_env):
   workdir = str(tmp_path / "run")
@@ -203,6 +183,7 @@ def _two_hosts(workdir: str, data_dir: str, cache_env: dict) -> list[subprocess.
           for i in range(2)]
 
 
+@REFERENCE_GROUP
 def test_two_hosts_agree_on_the_preemption_step_and_resume_like_one_host(tmp_path, data_dir,
                                                                          reference, cache_env):
   """SIGTERM reaches only host 1; JAX's preemption service makes both hosts save the same
@@ -225,3 +206,37 @@ def test_two_hosts_agree_on_the_preemption_step_and_resume_like_one_host(tmp_pat
     assert host.returncode == 0, stdout[-3000:]
     assert f"resuming from checkpoint at step {step}" in stdout
   assert_same_as_reference(workdir, reference[0], rel=1e-5)
+
+
+def _load_config(path: str):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_a_swin_unet_run_resumed_mid_epoch_ends_bit_for_bit(tmp_path, tmp_path_factory):
+  """Segmentation through the same loop, in-process (the SIGKILL and SIGTERM tests above
+  cover the kill and the rerun of the main job): Swin-Unet on 64 digit scenes (8 batches
+  per epoch, built on first use) with the host-side random rotations and drop path, 12
+  steps straight, and resumed from its step-4 checkpoint: mid-epoch, then across the
+  epoch boundary (a reshuffle). Losses, final state and end-of-run evaluation all equal."""
+  config = _load_config(UNET_CONFIG)
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  every, total = config.checkpoint_every_steps, config.total_steps
+  assert (every, total) == (4, 12)
+  cache_dir = compilation_cache_dir(tmp_path_factory)
+  straight = str(tmp_path / "straight")
+  with persistent_compilation_cache(cache_dir):
+    result = loop.train_and_evaluate(config, straight)
+  assert [s for s, _ in train_losses(straight)] == list(range(1, total + 1))
+  resumed_dir = str(tmp_path / "resumed")
+  resumed = resume_from_checkpoint(straight, every, resumed_dir, config, cache_dir)
+  assert train_losses(resumed_dir) == train_losses(straight)[every:]
+  assert_same_state(resumed.state, result.state)
+  assert _final_eval(resumed_dir) == _final_eval(straight)
+
+
+def _final_eval(workdir: str) -> dict:
+  """The metrics of the run's last evaluation (at the end of the run)."""
+  return [m for m in metric_lines(workdir) if "eval/loss" in m][-1]

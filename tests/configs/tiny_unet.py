@@ -1,4 +1,4 @@
-"""configs/swin_unet/demo.py shrunk for subprocess tests: a tiny Swin-Unet on 32 px scenes."""
+"""configs/swin_unet/demo.py shrunk for test_train_resume: a tiny Swin-Unet on 32 px scenes."""
 
 from configs.swin_unet import demo
 from swin_jax.data import digit_scenes
