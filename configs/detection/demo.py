@@ -19,8 +19,11 @@ whole command including compiles and evals; eval counts in brackets):
 | C   | B + RCNN pos fraction 0.5, 64 RPN samples, LR x0.1 @750           | 900   | 12m43[2]| 0.406 (0.733) | 0.274   |
 | D   | C for 1000 steps, LR x0.1 @850, no mid-run eval                   | 1000  | 13m02[1]| 0.424 (0.755) | 0.295   |
 | E   | this file: B's samplers (RPN 256, RCNN pos 0.25), LR x0.1 @950    | 1100  | 9m51 [1]| 0.415 (0.749) | 0.298   |
+| F   | E + backbone stages 0-2 from the `make demo` classifier (heads     | 1100  | 34m [1]*| 0.442 (0.761) | 0.299   |
+|     | 2-4-8-16, its 2x2 patch kernel resized to 4x4 by init_from)        |       |         |               |         |
 
-(A at step 350 / 525: box 0.186 / 0.244; B at 300: 0.213; C at 450: 0.262 / mask 0.187: the
+(* F ran beside three test sessions at ~4-6 img/s; not this file's recipe: +0.03 box AP, mask
+AP unchanged. A at step 350 / 525: box 0.186 / 0.244; B at 300: 0.213; C at 450: 0.262 / mask 0.187: the
 LR step buys most of each run's last gain. C ran at ~10-11 img/s under contention, B at ~17.)
 Found along the way, not bugs: on 16 train scenes the same pipeline overfits to box AP 0.69
 (AP50 0.96) in 300 steps, the test JSON matches the TFDS test examples box for box, and
