@@ -127,7 +127,7 @@ def test_model_state_and_extra_are_trained_sharded_and_resumed_bit_for_bit(data_
   jax.tree.map(np.testing.assert_array_equal, resumed, first)
   # That the sharded BatchNorm collects the global batch's statistics (SyncBN, as one
   # device would): test_batch_statistics_are_the_global_batch_mean_and_var below, and
-  # test_upernet_run's one-device comparison through the loop.
+  # test_parity_upernet against torch BN over the whole batch on a (4, 2) mesh.
 
 
 def test_batch_statistics_are_the_global_batch_mean_and_var(data_dir, tmp_path):
